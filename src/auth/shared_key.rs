@@ -1,0 +1,729 @@
+//! Shared Key (account key) authorization as an `azure_core` pipeline policy.
+//!
+//! The official `azure_storage_queue` client authorizes only with Microsoft Entra tokens, but
+//! connection strings with `AccountKey`, the `AZURE_STORAGE_KEY` variable and Azurite all need
+//! Shared Key. [`SharedKeyPolicy`] signs each request as described in Azure's "Authorize with
+//! Shared Key" (the string-to-sign of version 2015-02-21 and later for the Blob, Queue and File
+//! services). It is installed as the last per-try policy, so it runs on every retry right before
+//! the transport: each try gets a fresh `x-ms-date` (the service rejects dates more than 15
+//! minutes old) and a signature over the request exactly as it is about to be sent.
+//!
+//! The string-to-sign is built by pure functions so it can be tested line by line against the
+//! documented format; the HMAC is `azure_core::hmac::hmac_sha256`.
+
+use async_trait::async_trait;
+use azure_core::{
+    credentials::Secret,
+    error::{Error, ErrorKind},
+    hmac::hmac_sha256,
+    http::{
+        headers::{HeaderName, Headers, AUTHORIZATION, MS_DATE},
+        policies::{Policy, PolicyResult},
+        Context, Method, Request, Url,
+    },
+    time::{to_rfc7231, OffsetDateTime},
+};
+use base64::Engine as _;
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+/// The account key is not valid base64. Deliberately carries no part of the key: the message
+/// is printed after the name of the variable the key came from.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the account key is not valid base64; expected the key as shown under Access keys in the portal")]
+pub struct InvalidAccountKey;
+
+/// Checks that an account key decodes as base64, as `hmac_sha256` will need it to, so that a
+/// mistyped key fails at startup rather than on every request.
+///
+/// # Errors
+///
+/// [`InvalidAccountKey`] if the key (ignoring surrounding blanks) is empty or not base64.
+pub fn validate_account_key(key: &Secret) -> Result<(), InvalidAccountKey> {
+    match base64::engine::general_purpose::STANDARD.decode(key.secret().trim()) {
+        Ok(bytes) if !bytes.is_empty() => Ok(()),
+        _ => Err(InvalidAccountKey),
+    }
+}
+
+/// Signs every request with the storage account's key (`Authorization: SharedKey ...`).
+///
+/// Install it as the last entry of `ClientOptions::per_try_policies`: nothing after it may
+/// change a signed header, the URL or the body.
+#[derive(Clone)]
+pub struct SharedKeyPolicy {
+    account: String,
+    key: Secret,
+}
+
+impl SharedKeyPolicy {
+    /// A policy signing as `account` with `key` (base64, as shown in the portal).
+    ///
+    /// Blanks around the key are ignored: keys copied from a terminal or a file often carry a
+    /// trailing newline.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidAccountKey`], which does not echo the key, if the key is not valid base64.
+    pub fn new(account: impl Into<String>, key: Secret) -> Result<Self, InvalidAccountKey> {
+        validate_account_key(&key)?;
+        let trimmed = key.secret().trim();
+        let key = if trimmed.len() == key.secret().len() {
+            key
+        } else {
+            Secret::new(trimmed.to_owned())
+        };
+        Ok(Self {
+            account: account.into(),
+            key,
+        })
+    }
+
+    /// The account name requests are signed for.
+    #[must_use]
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    /// Sets `x-ms-date` and `Authorization` on `request`.
+    fn authorize(&self, request: &mut Request) -> azure_core::Result<()> {
+        request.insert_header(MS_DATE, to_rfc7231(&OffsetDateTime::now_utc()));
+        let to_sign = string_to_sign(
+            &self.account,
+            request.method(),
+            request.url(),
+            request.headers(),
+            content_length(request),
+        );
+        let signature = sign(&to_sign, &self.key)?;
+        request.insert_header(
+            AUTHORIZATION,
+            format!("SharedKey {}:{signature}", self.account),
+        );
+        Ok(())
+    }
+}
+
+impl fmt::Debug for SharedKeyPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedKeyPolicy")
+            .field("account", &self.account)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Policy for SharedKeyPolicy {
+    async fn send(
+        &self,
+        ctx: &Context,
+        request: &mut Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
+        self.authorize(request)?;
+        let Some((transport, rest)) = next.split_first() else {
+            return Err(Error::with_message(
+                ErrorKind::Other,
+                "SharedKeyPolicy must be followed by a transport policy",
+            ));
+        };
+        transport.send(ctx, request, rest).await
+    }
+}
+
+/// The number of body bytes the transport will send.
+///
+/// The transport adds `Content-Length` only after the pipeline has run, so the header is
+/// usually absent at signing time and the body is the source of truth. A stream of unknown
+/// length falls back to an explicit header, else to 0 (it would be sent chunked, without
+/// `Content-Length`).
+fn content_length(request: &Request) -> u64 {
+    request.body().len().unwrap_or_else(|| {
+        request
+            .headers()
+            .get_optional_str(&HeaderName::from_static("content-length"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+/// Base64 HMAC-SHA256 of `string_to_sign` with the base64 `key`.
+///
+/// The error is rebuilt rather than passed on, so that nothing derived from the key can reach
+/// a log through it.
+fn sign(string_to_sign: &str, key: &Secret) -> azure_core::Result<String> {
+    hmac_sha256(string_to_sign, key).map_err(|_| {
+        Error::with_message(
+            ErrorKind::Credential,
+            "could not compute the Shared Key signature: the account key is not valid base64",
+        )
+    })
+}
+
+/// The Shared Key string-to-sign for Blob, Queue and File services, version 2015-02-21 and
+/// later.
+///
+/// `Date` is always empty: the policy sets `x-ms-date`, which then takes precedence, and the
+/// transport adds no `Date` header. `Content-Length` is the empty string when zero, as that
+/// version requires.
+fn string_to_sign(
+    account: &str,
+    method: Method,
+    url: &Url,
+    headers: &Headers,
+    content_length: u64,
+) -> String {
+    let header = |name: &'static str| {
+        headers
+            .get_optional_str(&HeaderName::from_static(name))
+            .unwrap_or("")
+    };
+    let content_length = if content_length == 0 {
+        String::new()
+    } else {
+        content_length.to_string()
+    };
+    let fields = [
+        method.as_str(),
+        header("content-encoding"),
+        header("content-language"),
+        &content_length,
+        header("content-md5"),
+        header("content-type"),
+        "", // Date
+        header("if-modified-since"),
+        header("if-match"),
+        header("if-none-match"),
+        header("if-unmodified-since"),
+        header("range"),
+    ];
+
+    let mut out = String::new();
+    for field in fields {
+        out.push_str(field);
+        out.push('\n');
+    }
+    out.push_str(&canonicalized_headers(
+        headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str())),
+    ));
+    out.push_str(&canonicalized_resource(account, url));
+    out
+}
+
+/// All `x-ms-*` headers as `name:value\n`, names lowercased and sorted by byte value, values
+/// trimmed; values of repeated names are joined with commas, in order of appearance.
+///
+/// Values are trimmed but blank runs inside them are kept: the REST doc's "replace linear
+/// whitespace with a single space" is not what the service checks. Azurite (which signs
+/// `value.trimLeft()`) rejects a folded `x-ms-meta-*: one  two`, and Microsoft's JS and Python
+/// storage SDKs sign the value unfolded. Trimming both ends matches what a server sees, since
+/// HTTP parsers drop the blanks around a header value.
+///
+/// Sorting is ordinal, as in the Python SDK. The JS SDK imitates .NET culture-aware ordering
+/// instead; the two differ only for names that differ at a `-` or `_`, which the headers the
+/// queue client sends (`x-ms-client-request-id`, `x-ms-date`, `x-ms-version`) do not.
+///
+/// Takes name/value pairs rather than [`Headers`] because `Headers` cannot hold a repeated name,
+/// while the canonical form must handle one.
+fn canonicalized_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut by_name: BTreeMap<String, Vec<&'a str>> = BTreeMap::new();
+    for (name, value) in headers {
+        let name = name.trim().to_ascii_lowercase();
+        if name.starts_with("x-ms-") {
+            by_name.entry(name).or_default().push(value.trim());
+        }
+    }
+    let mut out = String::new();
+    for (name, values) in by_name {
+        out.push_str(&name);
+        out.push(':');
+        out.push_str(&values.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// `/{account}{encoded path}` then, per query parameter sorted by lowercased name,
+/// `\n{name}:{values}` with the values URL-decoded, sorted and comma-separated.
+///
+/// The path is used exactly as sent, so for Azurite's path-style URLs the account appears
+/// twice: `http://127.0.0.1:10001/devstoreaccount1/q` gives `/devstoreaccount1/devstoreaccount1/q`
+/// (Azurite's `QueueSharedKeyAuthenticator` signs `/${account}${req.path}`).
+///
+/// Query names and values are percent-decoded but `+` is kept as is, as Azurite's
+/// `decodeURIComponent` and .NET's `Uri.UnescapeDataString` do. The SDK form-encodes query
+/// values, so a literal `+` only ever stands for a space, which no queue operation sends.
+fn canonicalized_resource(account: &str, url: &Url) -> String {
+    let mut out = format!("/{account}{}", url.path());
+
+    let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for pair in url.query().unwrap_or("").split('&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        params
+            .entry(percent_decode(name).to_lowercase())
+            .or_default()
+            .push(percent_decode(value));
+    }
+    for (name, mut values) in params {
+        values.sort();
+        out.push('\n');
+        out.push_str(&name);
+        out.push(':');
+        out.push_str(&values.join(","));
+    }
+    out
+}
+
+/// Decodes `%XX` escapes (leaving malformed ones and `+` untouched); invalid UTF-8 becomes
+/// U+FFFD, which cannot occur for the ASCII values the SDK sends.
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let mut rest = s.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        if let (b'%', [hi, lo, after @ ..]) = (byte, tail) {
+            if let (Some(hi), Some(lo)) = (hex(*hi), hex(*lo)) {
+                out.push(hi << 4 | lo);
+                rest = after;
+                continue;
+            }
+        }
+        out.push(byte);
+        rest = tail;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use azure_core::http::{AsyncRawResponse, Body, StatusCode};
+    use azure_core::stream::BytesStream;
+    use std::sync::Mutex;
+
+    /// Azurite's well-known development key (public; valid only against the emulator).
+    const DEV_KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+    const DATE: &str = "Fri, 28 Nov 2025 01:07:00 GMT";
+    const REQUEST_ID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).expect("test URL")
+    }
+
+    fn queue_headers() -> Headers {
+        let mut headers = Headers::new();
+        headers.insert("x-ms-version", "2026-04-06");
+        headers.insert("x-ms-date", DATE);
+        headers.insert("x-ms-client-request-id", REQUEST_ID);
+        headers
+    }
+
+    #[test]
+    fn canonicalized_headers_are_lowercased_sorted_and_only_x_ms() {
+        let headers = [
+            ("X-MS-Version", "2026-04-06"),
+            ("Content-Type", "application/xml"),
+            ("x-ms-date", DATE),
+            ("x-ms-client-request-id", REQUEST_ID),
+            ("x-ms-meta-b", "2"),
+            ("X-Ms-Meta-A", "1"),
+            ("accept", "application/xml"),
+        ];
+        assert_eq!(
+            canonicalized_headers(headers),
+            concat!(
+                "x-ms-client-request-id:0f8fad5b-d9cb-469f-a165-70867728950e\n",
+                "x-ms-date:Fri, 28 Nov 2025 01:07:00 GMT\n",
+                "x-ms-meta-a:1\n",
+                "x-ms-meta-b:2\n",
+                "x-ms-version:2026-04-06\n",
+            )
+        );
+    }
+
+    #[test]
+    fn canonicalized_header_values_are_trimmed_but_inner_blanks_kept() {
+        let headers = [
+            ("x-ms-meta-spaces", "  a \t b   c  "),
+            ("x-ms-meta-quoted", r#" x  "keep   these"   y "#),
+            ("x-ms-meta-empty", "   "),
+        ];
+        assert_eq!(
+            canonicalized_headers(headers),
+            concat!(
+                "x-ms-meta-empty:\n",
+                "x-ms-meta-quoted:x  \"keep   these\"   y\n",
+                "x-ms-meta-spaces:a \t b   c\n",
+            )
+        );
+    }
+
+    #[test]
+    fn repeated_canonicalized_headers_are_joined_with_commas() {
+        let headers = [
+            ("x-ms-meta-list", "first"),
+            ("x-ms-date", DATE),
+            ("X-MS-META-LIST", " second "),
+        ];
+        assert_eq!(
+            canonicalized_headers(headers),
+            concat!(
+                "x-ms-date:Fri, 28 Nov 2025 01:07:00 GMT\n",
+                "x-ms-meta-list:first,second\n",
+            )
+        );
+    }
+
+    #[test]
+    fn canonicalized_resource_without_query() {
+        assert_eq!(
+            canonicalized_resource(
+                "myaccount",
+                &url("https://myaccount.queue.core.windows.net/myqueue")
+            ),
+            "/myaccount/myqueue"
+        );
+        assert_eq!(
+            canonicalized_resource(
+                "myaccount",
+                &url("https://myaccount.queue.core.windows.net")
+            ),
+            "/myaccount/"
+        );
+    }
+
+    #[test]
+    fn canonicalized_resource_sorts_parameters_by_lowercased_name() {
+        assert_eq!(
+            canonicalized_resource(
+                "myaccount",
+                &url("https://myaccount.queue.core.windows.net/myqueue/messages?VisibilityTimeout=30&numofmessages=32&comp=x")
+            ),
+            "/myaccount/myqueue/messages\ncomp:x\nnumofmessages:32\nvisibilitytimeout:30"
+        );
+    }
+
+    #[test]
+    fn canonicalized_resource_joins_sorted_values_of_repeated_parameters() {
+        assert_eq!(
+            canonicalized_resource(
+                "myaccount",
+                &url("https://myaccount.blob.core.windows.net/c?include=snapshots&comp=list&Include=metadata&restype=container&flag")
+            ),
+            "/myaccount/c\ncomp:list\nflag:\ninclude:metadata,snapshots\nrestype:container"
+        );
+    }
+
+    #[test]
+    fn canonicalized_resource_decodes_values_but_not_plus() {
+        assert_eq!(
+            canonicalized_resource(
+                "myaccount",
+                &url("https://myaccount.queue.core.windows.net/q/messages/id?popreceipt=AgAAAAMAAAAAAAAA%2BkK%2F2Q%3D%3D&x=a+b%20c&bad=%zz%4")
+            ),
+            "/myaccount/q/messages/id\nbad:%zz%4\npopreceipt:AgAAAAMAAAAAAAAA+kK/2Q==\nx:a+b c"
+        );
+    }
+
+    #[test]
+    fn canonicalized_resource_keeps_the_encoded_path() {
+        assert_eq!(
+            canonicalized_resource(
+                "myaccount",
+                &url("https://myaccount.blob.core.windows.net/c/a%20b%2Fc")
+            ),
+            "/myaccount/c/a%20b%2Fc"
+        );
+    }
+
+    #[test]
+    fn canonicalized_resource_of_azurite_path_style_urls_repeats_the_account() {
+        assert_eq!(
+            canonicalized_resource(
+                "devstoreaccount1",
+                &url("http://127.0.0.1:10001/devstoreaccount1/q/messages?numofmessages=1")
+            ),
+            "/devstoreaccount1/devstoreaccount1/q/messages\nnumofmessages:1"
+        );
+        assert_eq!(
+            canonicalized_resource(
+                "devstoreaccount1",
+                &url("http://127.0.0.1:10001/devstoreaccount1?comp=list")
+            ),
+            "/devstoreaccount1/devstoreaccount1\ncomp:list"
+        );
+    }
+
+    #[test]
+    fn zero_content_length_is_an_empty_field() {
+        let headers = queue_headers();
+        let u = url("https://myaccount.queue.core.windows.net/myqueue");
+        let zero = string_to_sign("myaccount", Method::Put, &u, &headers, 0);
+        assert!(zero.starts_with("PUT\n\n\n\n"), "{zero:?}");
+        let some = string_to_sign("myaccount", Method::Put, &u, &headers, 42);
+        assert!(some.starts_with("PUT\n\n\n42\n"), "{some:?}");
+    }
+
+    #[test]
+    fn string_to_sign_for_get_messages() {
+        let mut headers = queue_headers();
+        headers.insert("accept", "application/xml");
+        let to_sign = string_to_sign(
+            "myaccount",
+            Method::Get,
+            &url("https://myaccount.queue.core.windows.net/myqueue/messages?numofmessages=32&visibilitytimeout=30"),
+            &headers,
+            0,
+        );
+        assert_eq!(
+            to_sign,
+            concat!(
+                "GET\n", // VERB
+                "\n",    // Content-Encoding
+                "\n",    // Content-Language
+                "\n",    // Content-Length (empty for zero)
+                "\n",    // Content-MD5
+                "\n",    // Content-Type
+                "\n",    // Date (x-ms-date is used)
+                "\n",    // If-Modified-Since
+                "\n",    // If-Match
+                "\n",    // If-None-Match
+                "\n",    // If-Unmodified-Since
+                "\n",    // Range
+                "x-ms-client-request-id:0f8fad5b-d9cb-469f-a165-70867728950e\n",
+                "x-ms-date:Fri, 28 Nov 2025 01:07:00 GMT\n",
+                "x-ms-version:2026-04-06\n",
+                "/myaccount/myqueue/messages\n",
+                "numofmessages:32\n",
+                "visibilitytimeout:30",
+            )
+        );
+    }
+
+    #[test]
+    fn string_to_sign_for_delete_message() {
+        let to_sign = string_to_sign(
+            "myaccount",
+            Method::Delete,
+            &url("https://myaccount.queue.core.windows.net/myqueue/messages/7d35e47d-f58e-42da-ba4a-9e6ac7e1214d?popreceipt=AgAAAAMAAAAAAAAA%2BkK%2F2Q%3D%3D"),
+            &queue_headers(),
+            0,
+        );
+        assert_eq!(
+            to_sign,
+            concat!(
+                "DELETE\n", // VERB
+                "\n",       // Content-Encoding
+                "\n",       // Content-Language
+                "\n",       // Content-Length
+                "\n",       // Content-MD5
+                "\n",       // Content-Type
+                "\n",       // Date
+                "\n",       // If-Modified-Since
+                "\n",       // If-Match
+                "\n",       // If-None-Match
+                "\n",       // If-Unmodified-Since
+                "\n",       // Range
+                "x-ms-client-request-id:0f8fad5b-d9cb-469f-a165-70867728950e\n",
+                "x-ms-date:Fri, 28 Nov 2025 01:07:00 GMT\n",
+                "x-ms-version:2026-04-06\n",
+                "/myaccount/myqueue/messages/7d35e47d-f58e-42da-ba4a-9e6ac7e1214d\n",
+                "popreceipt:AgAAAAMAAAAAAAAA+kK/2Q==",
+            )
+        );
+    }
+
+    #[test]
+    fn string_to_sign_for_put_message_with_standard_headers() {
+        let mut headers = queue_headers();
+        headers.insert("content-type", "application/xml");
+        headers.insert("content-md5", "Q2hlY2sgSW50ZWdyaXR5IQ==");
+        headers.insert("if-match", "\"0x8D\"");
+        headers.insert("range", "bytes=0-9");
+        let to_sign = string_to_sign(
+            "myaccount",
+            Method::Post,
+            &url("https://myaccount.queue.core.windows.net/myqueue/messages?messagettl=-1"),
+            &headers,
+            78,
+        );
+        assert_eq!(
+            to_sign,
+            concat!(
+                "POST\n",                     // VERB
+                "\n",                         // Content-Encoding
+                "\n",                         // Content-Language
+                "78\n",                       // Content-Length
+                "Q2hlY2sgSW50ZWdyaXR5IQ==\n", // Content-MD5
+                "application/xml\n",          // Content-Type
+                "\n",                         // Date
+                "\n",                         // If-Modified-Since
+                "\"0x8D\"\n",                 // If-Match
+                "\n",                         // If-None-Match
+                "\n",                         // If-Unmodified-Since
+                "bytes=0-9\n",                // Range
+                "x-ms-client-request-id:0f8fad5b-d9cb-469f-a165-70867728950e\n",
+                "x-ms-date:Fri, 28 Nov 2025 01:07:00 GMT\n",
+                "x-ms-version:2026-04-06\n",
+                "/myaccount/myqueue/messages\n",
+                "messagettl:-1",
+            )
+        );
+    }
+
+    /// The Get Messages string-to-sign above, signed with Azurite's key by an independent
+    /// implementation:
+    /// `printf '%s' "$STRING_TO_SIGN" | openssl dgst -sha256 -mac HMAC -macopt hexkey:$(echo -n "$DEV_KEY" | base64 -d | xxd -p -c 256) -binary | base64`
+    const GET_MESSAGES_SIGNATURE: &str = "qEl1APoUFK4quKqJWlhNCU7OQN7pO9k/rSwUTI1DdWE=";
+
+    #[test]
+    fn known_answer_signature() {
+        let mut headers = queue_headers();
+        headers.insert("accept", "application/xml");
+        let to_sign = string_to_sign(
+            "myaccount",
+            Method::Get,
+            &url("https://myaccount.queue.core.windows.net/myqueue/messages?numofmessages=32&visibilitytimeout=30"),
+            &headers,
+            0,
+        );
+        let signature = sign(&to_sign, &Secret::new(DEV_KEY)).expect("valid key");
+        assert_eq!(signature, GET_MESSAGES_SIGNATURE);
+    }
+
+    #[test]
+    fn invalid_keys_are_rejected_without_being_echoed() {
+        for bad in ["not base64 at all!", "", "   ", "YWJj*ZGVm"] {
+            let e = SharedKeyPolicy::new("acct", Secret::new(bad)).expect_err("invalid");
+            assert_eq!(e, InvalidAccountKey);
+            if !bad.trim().is_empty() {
+                assert!(!e.to_string().contains(bad));
+                assert!(!format!("{e:?}").contains(bad));
+            }
+        }
+        // A trailing newline from a pasted key is tolerated.
+        assert!(SharedKeyPolicy::new("acct", Secret::new(format!("{DEV_KEY}\n"))).is_ok());
+    }
+
+    #[test]
+    fn debug_output_does_not_reveal_the_key() {
+        let policy = SharedKeyPolicy::new("devstoreaccount1", Secret::new(DEV_KEY)).expect("valid");
+        let debug = format!("{policy:?} {policy:#?}");
+        assert!(!debug.contains(DEV_KEY), "{debug}");
+        assert!(!debug.contains("Eby8vdM02x"), "{debug}");
+        assert!(debug.contains("devstoreaccount1"), "{debug}");
+    }
+
+    /// Stands in for the transport: records what it was sent.
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<Request>>);
+
+    #[async_trait]
+    impl Policy for Recorder {
+        async fn send(
+            &self,
+            _ctx: &Context,
+            request: &mut Request,
+            _next: &[Arc<dyn Policy>],
+        ) -> PolicyResult {
+            self.0.lock().expect("not poisoned").push(request.clone());
+            Ok(AsyncRawResponse::from_bytes(
+                StatusCode::Ok,
+                Headers::new(),
+                Vec::new(),
+            ))
+        }
+    }
+
+    async fn send_through_policy(request: &mut Request) -> Request {
+        let policy = SharedKeyPolicy::new("devstoreaccount1", Secret::new(DEV_KEY)).expect("valid");
+        let recorder = Arc::new(Recorder::default());
+        let next: Vec<Arc<dyn Policy>> = vec![recorder.clone()];
+        policy
+            .send(&Context::new(), request, &next)
+            .await
+            .expect("recorder answers");
+        let mut sent = recorder.0.lock().expect("not poisoned");
+        assert_eq!(sent.len(), 1);
+        sent.remove(0)
+    }
+
+    fn expected_authorization(sent: &Request, content_length: u64) -> String {
+        let to_sign = string_to_sign(
+            "devstoreaccount1",
+            sent.method(),
+            sent.url(),
+            sent.headers(),
+            content_length,
+        );
+        let signature = sign(&to_sign, &Secret::new(DEV_KEY)).expect("valid key");
+        format!("SharedKey devstoreaccount1:{signature}")
+    }
+
+    #[tokio::test]
+    async fn policy_sets_date_and_signature_then_calls_next() {
+        let mut request = Request::new(
+            url("http://127.0.0.1:10001/devstoreaccount1/q/messages"),
+            Method::Post,
+        );
+        request.insert_header("x-ms-version", "2026-04-06");
+        request.insert_header("content-type", "application/xml");
+        request.insert_header("x-ms-date", "Mon, 01 Jan 2001 00:00:00 GMT");
+        request.set_body("<QueueMessage><MessageText>hi</MessageText></QueueMessage>");
+
+        let sent = send_through_policy(&mut request).await;
+
+        let date = sent
+            .headers()
+            .get_optional_str(&MS_DATE)
+            .expect("x-ms-date set");
+        assert_ne!(
+            date, "Mon, 01 Jan 2001 00:00:00 GMT",
+            "a stale date is replaced"
+        );
+        assert!(date.ends_with(" GMT") && date.len() == DATE.len(), "{date}");
+        let authorization = sent
+            .headers()
+            .get_optional_str(&AUTHORIZATION)
+            .expect("authorization set");
+        assert_eq!(authorization, expected_authorization(&sent, 58));
+        assert!(authorization.starts_with("SharedKey devstoreaccount1:"));
+    }
+
+    #[tokio::test]
+    async fn policy_takes_content_length_from_a_streaming_body() {
+        let mut request = Request::new(
+            url("http://127.0.0.1:10001/devstoreaccount1/q/messages"),
+            Method::Post,
+        );
+        request.set_body(Body::SeekableStream(Box::new(BytesStream::new(
+            b"0123456789".to_vec(),
+        ))));
+        let sent = send_through_policy(&mut request).await;
+        let authorization = sent
+            .headers()
+            .get_optional_str(&AUTHORIZATION)
+            .expect("authorization set");
+        assert_eq!(authorization, expected_authorization(&sent, 10));
+    }
+
+    #[tokio::test]
+    async fn policy_without_a_next_policy_fails_instead_of_panicking() {
+        let policy = SharedKeyPolicy::new("acct", Secret::new(DEV_KEY)).expect("valid");
+        let mut request = Request::new(url("https://acct.queue.core.windows.net/q"), Method::Get);
+        assert!(policy
+            .send(&Context::new(), &mut request, &[])
+            .await
+            .is_err());
+    }
+}

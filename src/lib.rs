@@ -1,0 +1,33 @@
+//! # azure-queue-sidecar
+//!
+//! A sidecar that moves messages from an Azure Storage Queue to an HTTP endpoint as
+//! CloudEvents, deleting each message only after the endpoint answered 2xx.
+//!
+//! ## A tour, top-down
+//!
+//! - [`config`]: every environment variable, typed and validated before anything starts.
+//! - [`auth`]: how queue requests are authorized (Shared Key signing, SAS), as `azure_core`
+//!   pipeline policies on the official `azure_storage_queue` client.
+//! - [`queue`]: the queue operations we use (receive, delete, update, send, properties), with
+//!   failures classified into what the loop can act on.
+//! - [`event`]: queue message → CloudEvent → HTTP headers and body (binary or structured).
+//! - [`delivery`]: one POST and the meaning of its answer.
+//! - [`pump`]: the receive loop — bounded concurrency, idle backoff, delete after 2xx.
+//! - [`runtime`]: wiring the parts together from a [`config::Config`].
+//! - [`shutdown`]: the stop signal every long-running task listens to.
+//! - [`telemetry`]: typed events that write the log line and bump the metric together.
+//! - [`backoff`]: randomized exponential backoff, shared by idle polling and fault handling.
+//!
+//! The binary (`main.rs`) reads the configuration, installs logging, turns SIGTERM/SIGINT into
+//! a shutdown, runs the pump and prints a one-line summary.
+
+pub mod auth;
+pub mod backoff;
+pub mod config;
+pub mod delivery;
+pub mod event;
+pub mod pump;
+pub mod queue;
+pub mod runtime;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,103 @@
+//! The `azure-queue-sidecar` binary: arguments, configuration, signals, exit codes.
+//!
+//! Exit status: 0 after a clean shutdown, 2 for a configuration or usage error (reported in
+//! one line before any network call), 1 if the sidecar could not start.
+
+use azure_queue_sidecar::config::{Config, VARIABLES};
+use azure_queue_sidecar::{runtime, shutdown, telemetry};
+use std::process::ExitCode;
+use tracing::{error, info};
+
+const USAGE_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => run(),
+        Some("-h" | "--help" | "help") => {
+            print!("{}", help());
+            ExitCode::SUCCESS
+        }
+        Some("-V" | "--version" | "version") => {
+            println!("azure-queue-sidecar {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            eprintln!("azure-queue-sidecar: unknown argument {other:?}; see --help");
+            ExitCode::from(USAGE_ERROR)
+        }
+    }
+}
+
+fn run() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("azure-queue-sidecar: configuration error: {error}");
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    telemetry::init(&config.log);
+
+    // One thread: the work is I/O-bound and a sidecar should leave the cores to the app.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("azure-queue-sidecar: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let (trigger, listener) = shutdown::channel();
+        tokio::spawn(async move {
+            match shutdown::signal().await {
+                Ok(signal) => info!(
+                    signal,
+                    "shutdown requested: no new messages, finishing deliveries in progress"
+                ),
+                Err(e) => error!(error = %e, "cannot listen for signals; stopping"),
+            }
+            trigger.trigger();
+        });
+        match runtime::run(&config, listener).await {
+            Ok(summary) => {
+                info!(
+                    received = summary.received,
+                    delivered = summary.delivered,
+                    delivered_not_deleted = summary.delivered_not_deleted,
+                    failed = summary.failed,
+                    "stopped"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!(error = %e, "cannot start");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn help() -> String {
+    let mut out =
+        String::from(concat!(
+        "azure-queue-sidecar ", env!("CARGO_PKG_VERSION"), "\n",
+        "Delivers Azure Storage Queue messages to an HTTP endpoint as CloudEvents.\n",
+        "A message is deleted only after the endpoint answered 2xx.\n\n",
+        "USAGE:\n    azure-queue-sidecar            run the sidecar (configured by environment)\n",
+        "    azure-queue-sidecar --help     this text\n",
+        "    azure-queue-sidecar --version  the version\n\n",
+        "ENVIRONMENT (durations: 500ms, 30s, 5m, 1h, 7d):\n",
+    ));
+    let width = VARIABLES.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    for v in VARIABLES {
+        out.push_str(&format!(
+            "    {:width$}  {} [default: {}]\n",
+            v.name, v.meaning, v.default
+        ));
+    }
+    out
+}

@@ -1,0 +1,76 @@
+//! Wiring: from a validated [`Config`] to a running pump.
+//!
+//! This is the only place that knows how the parts fit together: one reqwest client per
+//! direction (queue, endpoint) on the same HTTP stack, the queue client with its authorization
+//! policy, the event mapper, the deliverer, and the pump.
+
+use crate::config::{format_duration, Config};
+use crate::delivery::Deliverer;
+use crate::event::EventMapper;
+use crate::pump::{Pump, PumpSettings, Summary, Worker};
+use crate::queue::{self, QueueConnector, QueueError};
+use crate::shutdown::Shutdown;
+use tracing::info;
+
+/// The `User-Agent` of every request we make.
+pub const USER_AGENT: &str = concat!("azure-queue-sidecar/", env!("CARGO_PKG_VERSION"));
+
+/// What can stop the sidecar from starting once the configuration is valid.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("could not build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// Installs the process-wide TLS crypto provider (ring). Idempotent.
+pub fn install_crypto_provider() {
+    // Fails only if a provider is installed already, which is what we want anyway.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Builds every part from the configuration, without any network call.
+pub fn build(config: &Config) -> Result<Pump, StartError> {
+    install_crypto_provider();
+    let connector = QueueConnector::new(
+        config.storage.credential.clone(),
+        queue::http_client(USER_AGENT)?,
+    );
+    let queue = connector.queue(config.storage.queue_url.clone())?;
+    let deliverer = Deliverer::new(config.endpoint.clone(), config.http_timeout, USER_AGENT)?;
+    let worker = Worker::new(
+        queue.clone(),
+        EventMapper::new(config.event.clone()),
+        deliverer,
+    );
+    Ok(Pump::new(queue, worker, PumpSettings::from_config(config)))
+}
+
+/// Runs the sidecar until `shutdown` fires; returns what it did.
+pub async fn run(config: &Config, shutdown: Shutdown) -> Result<Summary, StartError> {
+    let pump = build(config)?;
+    log_start(config);
+    Ok(pump.run(shutdown).await)
+}
+
+/// One line with the effective configuration; secrets are reduced to their kind.
+fn log_start(config: &Config) {
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        queue = %config.storage.queue_url,
+        auth = config.storage.credential.kind(),
+        endpoint = %config.endpoint,
+        ce_mode = ?config.event.mode,
+        ce_type = %config.event.ce_type,
+        ce_source = %config.event.source,
+        decode_base64 = config.event.decode_base64,
+        batch_size = config.batch_size,
+        max_in_flight = config.max_in_flight,
+        visibility_timeout = %format_duration(config.visibility_timeout),
+        poll_min_interval = %format_duration(config.poll.min_interval),
+        poll_max_interval = %format_duration(config.poll.max_interval),
+        http_timeout = %format_duration(config.http_timeout),
+        "azure-queue-sidecar started"
+    );
+}

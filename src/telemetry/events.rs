@@ -1,0 +1,229 @@
+//! Typed internal events: each writes its log line and updates its metrics in one place.
+//!
+//! Fields are stable names (`message_id`, `dequeue_count`, `outcome`, `status`, `latency_ms`) so
+//! that log queries keep working. Nothing here ever receives a pop receipt, key or SAS.
+
+use super::metrics::metrics;
+use crate::delivery::{Failure, Outcome};
+use crate::queue::{Operation, QueueError};
+use std::time::Duration;
+use tracing::{debug, error, info, warn};
+
+/// Something that happened, worth a log line and a metric.
+pub trait InternalEvent {
+    fn emit(self);
+}
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+/// A Get Messages call succeeded (possibly with no messages): the queue is reachable and the
+/// credentials work.
+pub struct ReceiveSucceeded {
+    pub count: usize,
+}
+
+impl InternalEvent for ReceiveSucceeded {
+    fn emit(self) {
+        if self.count > 0 {
+            MessagesReceived { count: self.count }.emit();
+        }
+    }
+}
+
+/// The receive loop is alive: emitted on every iteration and periodically while it waits for
+/// free delivery slots, so liveness can tell "busy" from "stuck".
+pub struct PumpHeartbeat;
+
+impl InternalEvent for PumpHeartbeat {
+    fn emit(self) {}
+}
+
+/// A Get Messages call returned messages.
+pub struct MessagesReceived {
+    pub count: usize,
+}
+
+impl InternalEvent for MessagesReceived {
+    fn emit(self) {
+        debug!(count = self.count, "received messages");
+        metrics().messages_received.inc_by(self.count as u64);
+    }
+}
+
+/// One delivery attempt finished, whatever its outcome.
+pub struct DeliveryAttempted<'a> {
+    pub message_id: &'a str,
+    pub dequeue_count: u32,
+    pub outcome: &'a Outcome,
+    pub latency: Duration,
+    /// Time since the message was enqueued.
+    pub age: Option<Duration>,
+}
+
+impl InternalEvent for DeliveryAttempted<'_> {
+    fn emit(self) {
+        let m = metrics();
+        m.delivery_seconds.observe(self.latency.as_secs_f64());
+        let (status_class, status) = match self.outcome {
+            Outcome::Delivered { status } => (format!("{}xx", status / 100), status.to_string()),
+            Outcome::Retryable { failure, .. } | Outcome::Permanent { failure } => match failure {
+                Failure::Status(status) => (format!("{}xx", status / 100), status.to_string()),
+                other => (other.label(), other.label()),
+            },
+        };
+        m.deliveries
+            .get_or_create(&vec![
+                ("outcome", self.outcome.label().to_string()),
+                ("status_class", status_class),
+            ])
+            .inc();
+        match self.outcome {
+            Outcome::Delivered { .. } => {
+                if let Some(age) = self.age {
+                    m.message_age_seconds.observe(age.as_secs_f64());
+                }
+                debug!(
+                    message_id = self.message_id,
+                    dequeue_count = self.dequeue_count,
+                    outcome = "delivered",
+                    status = %status,
+                    latency_ms = millis(self.latency),
+                    "delivered"
+                );
+            }
+            Outcome::Retryable { failure, .. } | Outcome::Permanent { failure } => {
+                warn!(
+                    message_id = self.message_id,
+                    dequeue_count = self.dequeue_count,
+                    outcome = self.outcome.label(),
+                    status = %status,
+                    latency_ms = millis(self.latency),
+                    error = %failure.describe(),
+                    "delivery failed; the message stays in the queue"
+                );
+            }
+        }
+    }
+}
+
+/// A delivered message was deleted.
+pub struct MessageDeleted<'a> {
+    pub message_id: &'a str,
+}
+
+impl InternalEvent for MessageDeleted<'_> {
+    fn emit(self) {
+        debug!(message_id = self.message_id, "deleted");
+        metrics().messages_deleted.inc();
+    }
+}
+
+/// The message's lease was lost: another consumer owns it.
+pub struct LeaseLost<'a> {
+    pub message_id: &'a str,
+    pub operation: Operation,
+}
+
+impl InternalEvent for LeaseLost<'_> {
+    fn emit(self) {
+        warn!(
+            message_id = self.message_id,
+            operation = self.operation.as_str(),
+            "lease lost: the message was received by another consumer or already deleted"
+        );
+        metrics()
+            .leases_lost
+            .get_or_create(&vec![("operation", self.operation.as_str().to_string())])
+            .inc();
+    }
+}
+
+/// A queue call failed. `report` is false while the same failure repeats, so a long outage is
+/// one log line, not one per attempt; the metric counts every failure.
+pub struct QueueCallFailed<'a> {
+    pub error: &'a QueueError,
+    pub message_id: Option<&'a str>,
+    pub report: bool,
+    pub retry_in: Option<Duration>,
+}
+
+impl InternalEvent for QueueCallFailed<'_> {
+    fn emit(self) {
+        metrics()
+            .queue_errors
+            .get_or_create(&vec![
+                ("operation", self.error.operation.as_str().to_string()),
+                ("kind", self.error.kind.as_str().to_string()),
+            ])
+            .inc();
+        if !self.report {
+            return;
+        }
+        error!(
+            operation = self.error.operation.as_str(),
+            kind = self.error.kind.as_str(),
+            status = self.error.status,
+            code = self.error.code.as_deref(),
+            message_id = self.message_id,
+            retry_in_ms = self.retry_in.map(millis),
+            error = %self.error,
+            hint = self.error.kind.hint(),
+            "queue call failed"
+        );
+    }
+}
+
+/// The queue answers again after failures.
+pub struct QueueRecovered {
+    pub operation: Operation,
+    pub failures: u64,
+}
+
+impl InternalEvent for QueueRecovered {
+    fn emit(self) {
+        info!(
+            operation = self.operation.as_str(),
+            failed_attempts = self.failures,
+            "queue reachable again"
+        );
+    }
+}
+
+/// A message could not be turned into an event.
+pub struct MessageUnmappable<'a> {
+    pub message_id: &'a str,
+    pub dequeue_count: u32,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for MessageUnmappable<'_> {
+    fn emit(self) {
+        error!(
+            message_id = self.message_id,
+            dequeue_count = self.dequeue_count,
+            outcome = "unmappable",
+            error = self.reason,
+            "message cannot become a CloudEvent"
+        );
+        metrics()
+            .deliveries
+            .get_or_create(&vec![
+                ("outcome", "unmappable".to_string()),
+                ("status_class", "none".to_string()),
+            ])
+            .inc();
+    }
+}
+
+/// Deliveries in progress went up or down by one.
+pub struct InFlightChanged {
+    pub delta: i64,
+}
+
+impl InternalEvent for InFlightChanged {
+    fn emit(self) {
+        metrics().in_flight.inc_by(self.delta);
+    }
+}

@@ -1,0 +1,566 @@
+//! Real parts for integration tests: an Azurite queue service on a free loopback port, an
+//! HTTP endpoint that records what it receives, and the sidecar binary as a child process.
+//!
+//! Nothing here is a mock. Azurite is the npm package, started per test (in memory, about
+//! 0.8 s); `tests/run.sh` installs it. A missing Azurite fails the test loudly.
+#![allow(dead_code)]
+
+use azure_core::credentials::Secret;
+use azure_queue_sidecar::auth::Credential;
+use azure_queue_sidecar::queue::{Queue, QueueConnector};
+use azure_queue_sidecar::runtime;
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use url::Url;
+
+/// Azurite's well-known development account.
+pub const ACCOUNT: &str = "devstoreaccount1";
+pub const KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// A free TCP port on loopback (bound then released; the race is harmless in practice).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `check` until it is true or `timeout` passes; returns whether it became true.
+pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    check()
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `azurite-queue` executable: `$AZURITE_QUEUE_BIN`, the copy `tests/run.sh` installs
+/// under `target/tools`, or one on `PATH`. Panics with instructions if there is none.
+fn azurite_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("AZURITE_QUEUE_BIN") {
+        return PathBuf::from(path);
+    }
+    let local = repo_root().join("target/tools/node_modules/.bin/azurite-queue");
+    if local.exists() {
+        return local;
+    }
+    if let Ok(path) = which("azurite-queue") {
+        return path;
+    }
+    panic!(
+        "azurite-queue not found: run tests/run.sh (it installs Azurite with npm into target/tools), \
+         or set AZURITE_QUEUE_BIN"
+    );
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .ok_or(())
+}
+
+/// Lines a child process printed, collected by a reader thread.
+#[derive(Clone, Default)]
+pub struct Output(Arc<Mutex<Vec<String>>>);
+
+impl Output {
+    fn capture(&self, stream: impl std::io::Read + Send + 'static) {
+        let lines = self.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if std::env::var_os("TEST_ECHO").is_some() {
+                    eprintln!("{line}");
+                }
+                lines.lock().expect("output lock").push(line);
+            }
+        });
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().expect("output lock").clone()
+    }
+
+    pub fn text(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    pub fn count_matching(&self, needle: &str) -> usize {
+        self.lines().iter().filter(|l| l.contains(needle)).count()
+    }
+}
+
+/// A running Azurite queue service. Killed on drop.
+pub struct Azurite {
+    child: Child,
+    pub port: u16,
+    /// Azurite's access log: one line per request.
+    pub output: Output,
+    workspace: Option<PathBuf>,
+}
+
+impl Azurite {
+    /// In-memory Azurite on a free port.
+    pub async fn start() -> Self {
+        Self::start_with(free_port(), None).await
+    }
+
+    /// Azurite on `port`, persisting to `workspace` if given (for restart tests).
+    pub async fn start_with(port: u16, workspace: Option<&Path>) -> Self {
+        let mut command = Command::new(azurite_bin());
+        command
+            .args(["--queueHost", "127.0.0.1", "--queuePort", &port.to_string()])
+            .args(["--disableTelemetry", "--skipApiVersionCheck"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        match workspace {
+            Some(dir) => {
+                command.arg("--location").arg(dir);
+            }
+            None => {
+                command.arg("--inMemoryPersistence");
+            }
+        }
+        let mut child = command.spawn().expect("start azurite-queue");
+        let output = Output::default();
+        output.capture(child.stdout.take().expect("stdout"));
+        output.capture(child.stderr.take().expect("stderr"));
+        let azurite = Self {
+            child,
+            port,
+            output,
+            workspace: workspace.map(Path::to_path_buf),
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let up = wait_until(Duration::from_secs(30), || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+        })
+        .await;
+        assert!(
+            up,
+            "Azurite did not start on port {port}: {}",
+            azurite.output.text()
+        );
+        azurite
+    }
+
+    /// The path-style service URL, e.g. `http://127.0.0.1:PORT/devstoreaccount1`.
+    pub fn service_url(&self) -> String {
+        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+    }
+
+    /// A full connection string for the dev account.
+    pub fn connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};QueueEndpoint={};",
+            self.service_url()
+        )
+    }
+
+    /// A client for `queue` authorized with the account key.
+    pub fn queue(&self, name: &str) -> Queue {
+        runtime::install_crypto_provider();
+        let credential =
+            Credential::shared_key(ACCOUNT.to_string(), Secret::new(KEY)).expect("dev key");
+        let http = azure_queue_sidecar::queue::http_client("tests").expect("http client");
+        let url = Url::parse(&format!("{}/{name}", self.service_url())).expect("queue url");
+        QueueConnector::new(credential, http)
+            .queue(url)
+            .expect("queue client")
+    }
+
+    /// Creates `name` and returns a client for it.
+    pub async fn create_queue(&self, name: &str) -> Queue {
+        let queue = self.queue(name);
+        queue.create().await.expect("create queue");
+        queue
+    }
+
+    /// A queue-level service SAS for `queue` with `permissions` (e.g. "raup"), valid one day.
+    pub fn queue_sas(&self, queue: &str, permissions: &str) -> String {
+        service_sas(queue, permissions)
+    }
+
+    /// Stops Azurite (as a crash would: SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn workspace(&self) -> Option<&Path> {
+        self.workspace.as_deref()
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Signs a queue service SAS (Azure REST docs, "Create a service SAS", version 2020-12-06
+/// layout without the blob-only fields).
+fn service_sas(queue: &str, permissions: &str) -> String {
+    let version = "2020-12-06";
+    let start = "2020-01-01T00:00:00Z";
+    let expiry = "2099-01-01T00:00:00Z";
+    let resource = format!("/queue/{ACCOUNT}/{queue}");
+    let string_to_sign = format!("{permissions}\n{start}\n{expiry}\n{resource}\n\n\n\n{version}");
+    let signature =
+        azure_core::hmac::hmac_sha256(&string_to_sign, &Secret::new(KEY)).expect("sign sas");
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query
+        .append_pair("sv", version)
+        .append_pair("st", start)
+        .append_pair("se", expiry)
+        .append_pair("sp", permissions)
+        .append_pair("sig", &signature);
+    query.finish()
+}
+
+/// Reads every message currently in the queue (peek-free: receives with a short lease).
+pub async fn drain_texts(queue: &Queue) -> Vec<String> {
+    let mut texts = Vec::new();
+    loop {
+        let batch = queue
+            .receive(32, Duration::from_secs(60))
+            .await
+            .expect("receive");
+        if batch.is_empty() {
+            return texts;
+        }
+        texts.extend(batch.into_iter().map(|m| m.text));
+    }
+}
+
+/// One request the endpoint received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The CloudEvent id, in either content mode.
+    pub fn event_id(&self) -> String {
+        if let Some(id) = self.header("ce-id") {
+            return id.to_string();
+        }
+        let doc: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
+        doc["id"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// How the endpoint answers a request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub delay: Duration,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+type Behaviour = Arc<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
+
+/// A real HTTP/1.1 server on loopback that records every request and answers per a behaviour
+/// (given the request and how many requests came before it).
+pub struct Endpoint {
+    pub url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Endpoint {
+    /// Answers 200 to everything.
+    pub async fn ok() -> Self {
+        Self::start(|_, _| Reply::status(200)).await
+    }
+
+    pub async fn start(
+        behaviour: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind endpoint");
+        Self::serve(listener, Arc::new(behaviour))
+    }
+
+    /// Serves on a given port (to bring an endpoint "back up" where the sidecar expects it).
+    pub async fn start_on(
+        port: u16,
+        behaviour: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind endpoint port");
+        Self::serve(listener, Arc::new(behaviour))
+    }
+
+    fn serve(listener: tokio::net::TcpListener, behaviour: Behaviour) -> Self {
+        let addr = listener.local_addr().expect("endpoint address");
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let store = received.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let store = store.clone();
+                let behaviour = behaviour.clone();
+                tokio::spawn(async move {
+                    let service =
+                        service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                            let store = store.clone();
+                            let behaviour = behaviour.clone();
+                            async move {
+                                let headers = request
+                                    .headers()
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (
+                                            k.as_str().to_string(),
+                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                        )
+                                    })
+                                    .collect();
+                                let is_post = request.method() == hyper::Method::POST;
+                                let body = request
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes().to_vec())
+                                    .unwrap_or_default();
+                                if !is_post {
+                                    // Probes (HEAD) are answered but not recorded as deliveries.
+                                    return Ok::<_, hyper::Error>(hyper::Response::new(Full::new(
+                                        Bytes::new(),
+                                    )));
+                                }
+                                let record = Received {
+                                    headers,
+                                    body,
+                                    at: Instant::now(),
+                                };
+                                let index = {
+                                    let mut all = store.lock().expect("store lock");
+                                    all.push(record.clone());
+                                    all.len() - 1
+                                };
+                                let reply = behaviour(&record, index);
+                                if !reply.delay.is_zero() {
+                                    tokio::time::sleep(reply.delay).await;
+                                }
+                                let mut response = hyper::Response::new(Full::new(Bytes::new()));
+                                *response.status_mut() = hyper::StatusCode::from_u16(reply.status)
+                                    .expect("valid status");
+                                for (name, value) in reply.headers {
+                                    response.headers_mut().insert(
+                                        hyper::header::HeaderName::from_bytes(name.as_bytes())
+                                            .expect("header name"),
+                                        hyper::header::HeaderValue::from_str(&value)
+                                            .expect("header value"),
+                                    );
+                                }
+                                Ok::<_, hyper::Error>(response)
+                            }
+                        });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            url: format!("http://{addr}/events"),
+            received,
+            task,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        Url::parse(&self.url)
+            .ok()
+            .and_then(|u| u.port())
+            .expect("endpoint port")
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("store lock").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().expect("store lock").len()
+    }
+
+    /// Waits until at least `n` requests arrived; panics after `timeout`.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let ok = wait_until(timeout, || self.count() >= n).await;
+        assert!(ok, "endpoint got {} requests, expected {n}", self.count());
+        self.received()
+    }
+
+    /// Stops listening (the port then refuses connections).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The sidecar binary as a child process, with captured output. Killed on drop.
+pub struct Sidecar {
+    child: Child,
+    pub output: Output,
+}
+
+impl Sidecar {
+    /// Environment for a sidecar consuming `queue` on `azurite` and posting to `endpoint`,
+    /// with short test timings (not the defaults).
+    pub fn env(azurite: &Azurite, queue: &str, endpoint: &str) -> Vec<(String, String)> {
+        vec![
+            (
+                "AZURE_STORAGE_CONNECTION_STRING".into(),
+                azurite.connection_string(),
+            ),
+            ("QUEUE_NAME".into(), queue.into()),
+            ("ENDPOINT_URL".into(), endpoint.into()),
+            ("POLL_MIN_INTERVAL".into(), "20ms".into()),
+            ("POLL_MAX_INTERVAL".into(), "200ms".into()),
+            ("LOG_LEVEL".into(), "debug".into()),
+        ]
+    }
+
+    pub fn spawn(env: &[(String, String)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_azure-queue-sidecar"));
+        command
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start the sidecar");
+        let output = Output::default();
+        output.capture(child.stdout.take().expect("stdout"));
+        output.capture(child.stderr.take().expect("stderr"));
+        Self { child, output }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (TERM, INT, KILL).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for exit; returns the exit code, or None on timeout.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Log lines parsed as JSON (non-JSON lines skipped).
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.output
+            .lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the sidecar binary with `env` to completion (for configuration errors and --help).
+pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_azure-queue-sidecar"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the sidecar");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Base64 of `bytes` (standard alphabet, padded), as Azure Functions writes messages.
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
