@@ -261,7 +261,7 @@ async fn every_credential_style_reaches_azurite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_delivery_leaves_the_message_until_its_lease_expires() {
+async fn a_failed_delivery_stays_in_the_queue_and_comes_back_with_the_same_id() {
     let azurite = Azurite::start().await;
     let queue = azurite.create_queue("retry").await;
     let endpoint =
@@ -270,10 +270,10 @@ async fn a_failed_delivery_leaves_the_message_until_its_lease_expires() {
 
     let _sidecar = Sidecar::spawn(&with(
         Sidecar::env(&azurite, "retry", &endpoint.url),
-        &[("VISIBILITY_TIMEOUT", "2s")],
+        &[("RETRY_BASE_DELAY", "2s")],
     ));
     let first = endpoint.wait_for(1, WAIT).await;
-    // Right after the failure the message is still in the queue, leased.
+    // Right after the failure the message is still in the queue, hidden until its retry.
     assert_eq!(queue.approximate_message_count().await.expect("count"), 1);
     let both = endpoint.wait_for(2, WAIT).await;
     assert_queue_empties(&queue).await;
@@ -289,7 +289,7 @@ async fn a_failed_delivery_leaves_the_message_until_its_lease_expires() {
     let gap = both[1].at - both[0].at;
     assert!(
         gap >= Duration::from_millis(1500),
-        "redelivered after {gap:?}, before the 2 s lease ran out"
+        "redelivered after {gap:?}, before the 2 s retry delay (±20 %, whole seconds) ran out"
     );
 }
 
