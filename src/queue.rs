@@ -396,6 +396,15 @@ impl Queue {
         Ok(count.unwrap_or(0).max(0) as u64)
     }
 
+    /// Clear Messages: deletes every message. Only tests and tooling call this.
+    pub async fn clear(&self) -> Result<(), QueueError> {
+        self.client
+            .clear(None)
+            .await
+            .map(drop)
+            .map_err(|e| QueueError::from_sdk(Operation::Delete, e))
+    }
+
     /// Create Queue (succeeds if it already exists). The sidecar itself never calls this for
     /// the queue it consumes; tests and local tooling do.
     pub async fn create(&self) -> Result<(), QueueError> {

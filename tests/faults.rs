@@ -508,3 +508,32 @@ async fn with_only_process_rights_the_sidecar_degrades_and_keeps_delivering() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_is_logged_counted_and_survived() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("stolen").await;
+    let endpoint = Endpoint::start(|_, _| Reply::status(200).after(Duration::from_secs(1))).await;
+    queue.send("first", None, None).await.expect("send");
+    let mut sidecar = Sidecar::spawn(&Sidecar::env(&azurite, "stolen", &endpoint.url));
+    endpoint.wait_for(1, WAIT).await;
+    // While the delivery runs, the message disappears (another consumer finished it first).
+    queue.clear().await.expect("clear");
+    assert!(
+        wait_until(WAIT, || sidecar.output.count_matching("lease lost") == 1).await,
+        "{}",
+        sidecar.output.text()
+    );
+    queue.send("second", None, None).await.expect("send");
+    endpoint.wait_for(2, WAIT).await;
+    wait_count(&queue, 0, WAIT).await;
+    sidecar.signal("TERM");
+    assert_eq!(sidecar.wait_exit(Duration::from_secs(10)).await, Some(0));
+    let summary = sidecar
+        .json_lines()
+        .into_iter()
+        .find(|l| l["message"] == "stopped")
+        .expect("summary");
+    assert_eq!(summary["delivered_not_deleted"], 1);
+    assert_eq!(summary["delivered"], 1);
+}
