@@ -12,14 +12,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    for (k, v) in extra {
-        env.retain(|(name, _)| name != k);
-        env.push((k.to_string(), v.to_string()));
-    }
-    env
-}
-
 async fn wait_count(queue: &Queue, expected: u64, timeout: Duration) {
     let mut count;
     let ok = {
@@ -358,11 +350,7 @@ async fn sigterm_in_a_busy_run_releases_what_it_cannot_finish() {
         .await
         .expect("receive");
     assert_eq!(again.len(), 6);
-    let summary = sidecar
-        .json_lines()
-        .into_iter()
-        .find(|l| l["message"] == "stopped")
-        .expect("summary");
+    let summary = sidecar.summary();
     assert_eq!(summary["released"], 2);
 }
 
@@ -529,11 +517,7 @@ async fn a_lost_lease_is_logged_counted_and_survived() {
     wait_count(&queue, 0, WAIT).await;
     sidecar.signal("TERM");
     assert_eq!(sidecar.wait_exit(Duration::from_secs(10)).await, Some(0));
-    let summary = sidecar
-        .json_lines()
-        .into_iter()
-        .find(|l| l["message"] == "stopped")
-        .expect("summary");
+    let summary = sidecar.summary();
     assert_eq!(summary["delivered_not_deleted"], 1);
     assert_eq!(summary["delivered"], 1);
 }

@@ -10,14 +10,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    for (k, v) in extra {
-        env.retain(|(name, _)| name != k);
-        env.push((k.to_string(), v.to_string()));
-    }
-    env
-}
-
 /// Waits until the queue reports no messages at all (visible or leased).
 async fn assert_queue_empties(queue: &azure_queue_sidecar::queue::Queue) {
     let mut count = u64::MAX;
@@ -311,11 +303,7 @@ async fn sigterm_lets_deliveries_in_progress_finish_then_exits_0() {
     let code = sidecar.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(code, Some(0), "output: {}", sidecar.output.text());
     assert_queue_empties(&queue).await;
-    let stopped = sidecar
-        .json_lines()
-        .into_iter()
-        .find(|l| l["message"] == "stopped")
-        .expect("a summary line");
+    let stopped = sidecar.summary();
     assert_eq!(stopped["delivered"], 3);
 }
 

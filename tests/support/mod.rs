@@ -599,3 +599,22 @@ pub fn temp_dir(label: &str) -> PathBuf {
 pub fn distinct_ids(received: &[Received]) -> std::collections::BTreeSet<String> {
     received.iter().map(Received::event_id).collect()
 }
+
+/// `env` with `extra` set, replacing variables of the same name.
+pub fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    for (k, v) in extra {
+        env.retain(|(name, _)| name != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    env
+}
+
+impl Sidecar {
+    /// The one-line summary printed at exit (JSON logs).
+    pub fn summary(&self) -> serde_json::Value {
+        self.json_lines()
+            .into_iter()
+            .find(|l| l["message"] == "stopped")
+            .unwrap_or_else(|| panic!("no summary line in: {}", self.output.text()))
+    }
+}
