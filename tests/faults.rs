@@ -521,3 +521,37 @@ async fn a_lost_lease_is_logged_counted_and_survived() {
     assert_eq!(summary["delivered_not_deleted"], 1);
     assert_eq!(summary["delivered"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_backed_off_without_a_hot_loop_and_recovered_from() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("throttled").await;
+    let proxy = ThrottlingProxy::start(azurite.port).await;
+    let endpoint = Endpoint::ok().await;
+    proxy.throttle(true);
+    let sidecar = Sidecar::spawn(&with(
+        Sidecar::env(&azurite, "throttled", &endpoint.url),
+        &[("AZURE_STORAGE_QUEUE_ENDPOINT", &proxy.service_url())],
+    ));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let refused = proxy.throttled_count();
+    // Each receive is tried 3 times by the SDK (~0.3 s), then the loop backs off 0.5 s, 1 s,
+    // 2 s, 4 s...: a dozen requests in 6 s. A hot loop would make thousands.
+    assert!(
+        (3..=30).contains(&refused),
+        "{refused} requests while throttled"
+    );
+    let reports = sidecar
+        .json_lines()
+        .into_iter()
+        .filter(|l| l["kind"] == "throttled")
+        .count();
+    assert_eq!(reports, 1, "{}", sidecar.output.text());
+
+    let ids = send_all(&queue, &texts("throttled", 3)).await;
+    proxy.throttle(false);
+    let got = endpoint.wait_for(3, Duration::from_secs(40)).await;
+    assert_eq!(distinct_ids(&got), ids);
+    wait_count(&queue, 0, WAIT).await;
+    assert!(sidecar.output.count_matching("queue reachable again") == 1);
+}
