@@ -53,7 +53,10 @@ async fn send(queue_name: &str, texts: &[String]) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     queue.create().await.map_err(|e| e.to_string())?;
     for text in texts {
-        let id = queue.send(text, None, None).await.map_err(|e| e.to_string())?;
+        let id = queue
+            .send(text, None, None)
+            .await
+            .map_err(|e| e.to_string())?;
         println!("sent {id}: {text}");
     }
     Ok(())
@@ -67,24 +70,29 @@ async fn echo(port: &str) -> Result<(), String> {
     loop {
         let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
         tokio::spawn(async move {
-            let service = service_fn(|request: hyper::Request<hyper::body::Incoming>| async move {
-                let mut lines = vec![format!("--- {} {}", request.method(), request.uri())];
-                for (name, value) in request.headers() {
-                    let name = name.as_str();
-                    if name.starts_with("ce-") || name == "content-type" {
-                        lines.push(format!("{name}: {}", String::from_utf8_lossy(value.as_bytes())));
+            let service = service_fn(
+                |request: hyper::Request<hyper::body::Incoming>| async move {
+                    let mut lines = vec![format!("--- {} {}", request.method(), request.uri())];
+                    for (name, value) in request.headers() {
+                        let name = name.as_str();
+                        if name.starts_with("ce-") || name == "content-type" {
+                            lines.push(format!(
+                                "{name}: {}",
+                                String::from_utf8_lossy(value.as_bytes())
+                            ));
+                        }
                     }
-                }
-                let body = request
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                lines.push(String::from_utf8_lossy(&body).into_owned());
-                println!("{}", lines.join("\n"));
-                Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::new())))
-            });
+                    let body = request
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    lines.push(String::from_utf8_lossy(&body).into_owned());
+                    println!("{}", lines.join("\n"));
+                    Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::new())))
+                },
+            );
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
