@@ -2,14 +2,20 @@
 //!
 //! This is the only place that knows how the parts fit together: one reqwest client per
 //! direction (queue, endpoint) on the same HTTP stack, the queue client with its authorization
-//! policy, the event mapper, the deliverer, and the pump.
+//! policy, the event mapper, the deliverer, and the pump; around the pump, the admin server
+//! (probes, metrics) and the queue-length poll.
 
+use crate::admin::{AdminServer, BindError};
 use crate::config::{format_duration, Config};
 use crate::delivery::Deliverer;
 use crate::event::EventMapper;
 use crate::pump::{Pump, PumpSettings, Summary, Worker};
-use crate::queue::{self, QueueConnector, QueueError};
+use crate::queue::{self, Queue, QueueConnector, QueueError};
+use crate::queue_length;
 use crate::shutdown::Shutdown;
+use crate::telemetry::events::{InternalEvent, ShutdownStarted};
+use crate::telemetry::health::{health, stall_limit};
+use crate::telemetry::loggable_url;
 use tracing::info;
 
 /// The `User-Agent` of every request we make.
@@ -22,6 +28,8 @@ pub enum StartError {
     Http(#[from] reqwest::Error),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Admin(#[from] BindError),
 }
 
 /// Installs the process-wide TLS crypto provider (ring). Idempotent.
@@ -30,14 +38,20 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Builds every part from the configuration, without any network call.
-pub fn build(config: &Config) -> Result<Pump, StartError> {
+/// A client for the configured queue, authorized as configured, without any network call.
+/// The pump, the queue-length poll and the `check` command all use this one.
+pub fn queue_client(config: &Config) -> Result<Queue, StartError> {
     install_crypto_provider();
     let connector = QueueConnector::new(
         config.storage.credential.clone(),
         queue::http_client(USER_AGENT)?,
     );
-    let queue = connector.queue(config.storage.queue_url.clone())?;
+    Ok(connector.queue(config.storage.queue_url.clone())?)
+}
+
+/// Builds every part from the configuration, without any network call.
+pub fn build(config: &Config) -> Result<Pump, StartError> {
+    let queue = queue_client(config)?;
     let deliverer = Deliverer::new(config.endpoint.clone(), config.http_timeout, USER_AGENT)?;
     let worker = Worker::new(
         queue.clone(),
@@ -50,8 +64,32 @@ pub fn build(config: &Config) -> Result<Pump, StartError> {
 /// Runs the sidecar until `shutdown` fires; returns what it did.
 pub async fn run(config: &Config, shutdown: Shutdown) -> Result<Summary, StartError> {
     let pump = build(config)?;
+    health().set_stall_limit(stall_limit(config.poll.max_interval));
+    // Bound before the pump starts: a port conflict is a start error, not a silent gap.
+    let _admin = match config.ops.admin_addr {
+        Some(addr) => Some(AdminServer::start(addr).await?),
+        None => None,
+    };
+    let queue_length = match config.ops.queue_length_interval {
+        Some(interval) => Some(queue_length::spawn(
+            queue_client(config)?,
+            interval,
+            shutdown.clone(),
+        )),
+        None => None,
+    };
+    let mut stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.wait().await;
+        ShutdownStarted.emit();
+    });
     log_start(config);
-    Ok(pump.run(shutdown).await)
+    let summary = pump.run(shutdown).await;
+    if let Some(task) = queue_length {
+        task.abort();
+    }
+    // The admin server answered through the drain; it stops when `_admin` drops here.
+    Ok(summary)
 }
 
 /// One line with the effective configuration; secrets are reduced to their kind.
@@ -60,7 +98,7 @@ fn log_start(config: &Config) {
         version = env!("CARGO_PKG_VERSION"),
         queue = %config.storage.queue_url,
         auth = config.storage.credential.kind(),
-        endpoint = %config.endpoint,
+        endpoint = %loggable_url(&config.endpoint),
         ce_mode = ?config.event.mode,
         ce_type = %config.event.ce_type,
         ce_source = %config.event.source,
@@ -71,6 +109,14 @@ fn log_start(config: &Config) {
         poll_min_interval = %format_duration(config.poll.min_interval),
         poll_max_interval = %format_duration(config.poll.max_interval),
         http_timeout = %format_duration(config.http_timeout),
+        admin_addr = %config
+            .ops
+            .admin_addr
+            .map_or_else(|| "off".to_string(), |addr| addr.to_string()),
+        queue_length_interval = %config
+            .ops
+            .queue_length_interval
+            .map_or_else(|| "off".to_string(), format_duration),
         "azure-queue-sidecar started"
     );
 }
