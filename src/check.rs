@@ -165,7 +165,7 @@ async fn check_queue(config: &Config) -> Vec<Check> {
 /// Three lines (service, credentials, queue) from the one properties call's result; `None` as
 /// the error means it timed out.
 fn queue_report(queue: &Queue, auth: &str, result: Result<u64, Option<QueueError>>) -> Vec<Check> {
-    let url = loggable_url(queue.url());
+    let url = service_url(queue);
     let service = |status, detail: String| Check::new(status, "queue service", detail);
     let credentials = |status, detail: String| Check::new(status, "credentials", detail);
     let queue_line = |status, detail: String| Check::new(status, "queue", detail);
@@ -230,6 +230,15 @@ fn queue_report(queue: &Queue, auth: &str, result: Result<u64, Option<QueueError
             credentials(Status::Skip, "not known: the call was refused".into()),
             queue_line(Status::Fail, described),
         ],
+    }
+}
+
+/// The queue service's URL: the queue URL without the queue name.
+fn service_url(queue: &Queue) -> String {
+    let url = loggable_url(queue.url());
+    match url.strip_suffix(queue.name()) {
+        Some(service) => service.trim_end_matches('/').to_string(),
+        None => url,
     }
 }
 

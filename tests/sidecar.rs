@@ -406,6 +406,7 @@ async fn an_unreachable_queue_service_is_retried_until_it_comes_up() {
         ("QUEUE_NAME".into(), "late".into()),
         ("ENDPOINT_URL".into(), endpoint.url.clone()),
         ("POLL_MAX_INTERVAL".into(), "200ms".into()),
+        ("ADMIN_ADDR".into(), format!("127.0.0.1:{}", free_port())),
     ];
     let sidecar = Sidecar::spawn(&env);
     assert!(

@@ -482,6 +482,8 @@ impl Sidecar {
             ("POLL_MIN_INTERVAL".into(), "20ms".into()),
             ("POLL_MAX_INTERVAL".into(), "200ms".into()),
             ("LOG_LEVEL".into(), "debug".into()),
+            // Each sidecar gets its own admin port: the default 9464 is shared by all.
+            ("ADMIN_ADDR".into(), format!("127.0.0.1:{}", free_port())),
         ]
     }
 
@@ -563,4 +565,54 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String)
 /// Base64 of `bytes` (standard alphabet, padded), as Azure Functions writes messages.
 pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The value of `name` in a sidecar environment.
+pub fn env_value<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// GETs `path` from the admin server at `addr` (`host:port`); the status and body, or `None`
+/// if nothing answered.
+pub async fn admin_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.unwrap_or_default()))
+}
+
+/// Waits until `path` on the admin server answers `status`; the last answer either way.
+pub async fn wait_for_status(
+    addr: &str,
+    path: &str,
+    status: u16,
+    timeout: Duration,
+) -> Option<(u16, String)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let answer = admin_get(addr, path).await;
+        if answer.as_ref().is_some_and(|(s, _)| *s == status) || Instant::now() >= deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Samples of a Prometheus/OpenMetrics text exposition, keyed by `name{labels}` exactly as
+/// written (comments and `# EOF` skipped).
+pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
