@@ -9,13 +9,16 @@ use crate::admin::{AdminServer, BindError};
 use crate::config::{format_duration, Config};
 use crate::delivery::Deliverer;
 use crate::event::EventMapper;
-use crate::pump::{Pump, PumpSettings, Summary, Worker};
+use crate::poison::PoisonQueue;
+use crate::pump::{Pump, PumpSettings, Summary};
 use crate::queue::{self, Queue, QueueConnector, QueueError};
 use crate::queue_length;
+use crate::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
 use crate::telemetry::events::{InternalEvent, ShutdownStarted};
 use crate::telemetry::health::{health, stall_limit};
 use crate::telemetry::loggable_url;
+use crate::worker::Worker;
 use tracing::info;
 
 /// The `User-Agent` of every request we make.
@@ -38,25 +41,37 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A client for the configured queue, authorized as configured, without any network call.
-/// The pump, the queue-length poll and the `check` command all use this one.
-pub fn queue_client(config: &Config) -> Result<Queue, StartError> {
+/// Queue clients authorized as configured. The pump, the queue-length poll and the `check`
+/// command all get their clients here, so `check` tests exactly what the sidecar will use.
+pub fn connector(config: &Config) -> Result<QueueConnector, StartError> {
     install_crypto_provider();
-    let connector = QueueConnector::new(
+    Ok(QueueConnector::new(
         config.storage.credential.clone(),
         queue::http_client(USER_AGENT)?,
-    );
-    Ok(connector.queue(config.storage.queue_url.clone())?)
+    ))
+}
+
+/// A client for the configured queue, without any network call.
+pub fn queue_client(config: &Config) -> Result<Queue, StartError> {
+    Ok(connector(config)?.queue(config.storage.queue_url.clone())?)
 }
 
 /// Builds every part from the configuration, without any network call.
 pub fn build(config: &Config) -> Result<Pump, StartError> {
-    let queue = queue_client(config)?;
+    let connector = connector(config)?;
+    let queue = connector.queue(config.storage.queue_url.clone())?;
     let deliverer = Deliverer::new(config.endpoint.clone(), config.http_timeout, USER_AGENT)?;
+    let poison = PoisonQueue::new(
+        connector.queue(config.retry.poison_queue_url.clone())?,
+        config.retry.create_poison_queue,
+    );
     let worker = Worker::new(
         queue.clone(),
+        poison,
         EventMapper::new(config.event.clone()),
         deliverer,
+        RetryPolicy::from_config(&config.retry),
+        config.visibility_timeout,
     );
     Ok(Pump::new(queue, worker, PumpSettings::from_config(config)))
 }
@@ -109,6 +124,12 @@ fn log_start(config: &Config) {
         poll_min_interval = %format_duration(config.poll.min_interval),
         poll_max_interval = %format_duration(config.poll.max_interval),
         http_timeout = %format_duration(config.http_timeout),
+        retry_base_delay = %format_duration(config.retry.base_delay),
+        retry_max_delay = %format_duration(config.retry.max_delay),
+        max_dequeue_count = config.retry.max_dequeue_count,
+        poison_queue = %config.retry.poison_queue_name,
+        create_poison_queue = config.retry.create_poison_queue,
+        shutdown_timeout = %format_duration(config.shutdown_timeout),
         admin_addr = %config
             .ops
             .admin_addr

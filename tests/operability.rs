@@ -14,18 +14,9 @@ const WAIT: Duration = Duration::from_secs(30);
 const RECOVERY: Duration = Duration::from_secs(60);
 const PREFIX: &str = "azure_queue_sidecar_";
 
-fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    for (k, v) in extra {
-        env.retain(|(name, _)| name != k);
-        env.push((k.to_string(), v.to_string()));
-    }
-    env
-}
-
-fn admin(env: &[(String, String)]) -> String {
-    env_value(env, "ADMIN_ADDR")
-        .expect("ADMIN_ADDR is set")
-        .to_string()
+/// `env` pointing at the admin server `addr`, for the `healthcheck` command.
+fn at(env: &[(String, String)], addr: &str) -> Vec<(String, String)> {
+    with(env.to_vec(), &[("ADMIN_ADDR", addr)])
 }
 
 /// Runs the binary to exit off the async workers (the test endpoint must keep answering).
@@ -70,9 +61,9 @@ async fn probes_follow_the_queue_going_away_and_coming_back() {
     let mut azurite = Azurite::start_with(port, None).await;
     azurite.create_queue("probes").await;
     let endpoint = Endpoint::ok().await;
-    let env = Sidecar::env(&azurite, "probes", &endpoint.url);
-    let addr = admin(&env);
-    let sidecar = Sidecar::spawn(&env);
+    let sidecar = Sidecar::spawn(&Sidecar::env(&azurite, "probes", &endpoint.url));
+    let addr = sidecar.admin().to_string();
+    let env = at(&Sidecar::env(&azurite, "probes", &endpoint.url), &addr);
 
     let ready = wait_for_status(&addr, "/readyz", 200, WAIT).await;
     assert_eq!(
@@ -167,13 +158,10 @@ async fn metrics_count_what_the_run_did() {
 
     let env = with(
         Sidecar::env(&azurite, "counted", &endpoint.url),
-        &[
-            ("VISIBILITY_TIMEOUT", "1s"),
-            ("QUEUE_LENGTH_INTERVAL", "1s"),
-        ],
+        &[("RETRY_BASE_DELAY", "1s"), ("QUEUE_LENGTH_INTERVAL", "1s")],
     );
-    let addr = admin(&env);
     let sidecar = Sidecar::spawn(&env);
+    let addr = sidecar.admin().to_string();
     endpoint.wait_for(5, WAIT).await;
 
     // Counters settle once the last delete is done and the gauge has seen the empty queue.
@@ -236,13 +224,14 @@ async fn metrics_count_what_the_run_did() {
         ),
         1.0
     );
-    for defined in [
-        "messages_retried_total",
-        "messages_released_total",
-        "lease_renewals_total",
-    ] {
-        sample(&m, defined);
-    }
+    assert_eq!(sample(&m, r#"retries_scheduled_total{failure="503"}"#), 1.0);
+    assert_eq!(sample(&m, "messages_released_total"), 0.0);
+    assert_eq!(sample(&m, "lease_renewals_total"), 0.0);
+    assert!(
+        !m.keys()
+            .any(|k| k.starts_with(&key("messages_poisoned_total"))),
+        "nothing poisoned: {m:#?}"
+    );
     assert!(
         !m.keys().any(|k| k.starts_with(&key("queue_errors_total"))),
         "no queue call failed: {m:#?}"
@@ -252,10 +241,7 @@ async fn metrics_count_what_the_run_did() {
     let lines = sidecar.json_lines();
     let warned = lines
         .iter()
-        .filter(|l| {
-            l["level"] == "WARN"
-                && l["message"] == "delivery failed; the message stays in the queue"
-        })
+        .filter(|l| l["level"] == "WARN" && l["message"] == "delivery failed")
         .count();
     assert_eq!(warned, 1, "{}", sidecar.output.text());
     assert_eq!(
@@ -267,64 +253,62 @@ async fn metrics_count_what_the_run_did() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_down_endpoint_is_one_warning_not_one_per_message() {
+async fn a_failing_endpoint_is_one_warning_not_one_per_attempt() {
     let azurite = Azurite::start().await;
     let queue = azurite.create_queue("storm").await;
-    let down = free_port();
+    const FAILURES: usize = 30;
+    let endpoint =
+        Endpoint::start(|_, index| Reply::status(if index < FAILURES { 503 } else { 200 })).await;
     for i in 0..10 {
         queue
             .send(&format!("m{i}"), None, None)
             .await
             .expect("send");
     }
-    let env = with(
-        Sidecar::env(
-            &azurite,
-            "storm",
-            &format!("http://127.0.0.1:{down}/events"),
-        ),
-        &[("VISIBILITY_TIMEOUT", "1s")],
-    );
-    let addr = admin(&env);
-    let sidecar = Sidecar::spawn(&env);
-    let failures = || {
-        sidecar
-            .json_lines()
-            .iter()
-            .filter(|l| l["message"] == "delivery failed; the message stays in the queue")
-            .count()
-    };
-    assert!(
-        wait_until(WAIT, || failures() >= 20).await,
-        "{}",
-        sidecar.output.text()
-    );
-    let warnings = sidecar
-        .json_lines()
-        .iter()
-        .filter(|l| {
-            l["level"] == "WARN"
-                && l["message"] == "delivery failed; the message stays in the queue"
-        })
-        .count();
-    assert_eq!(warnings, 1, "{}", sidecar.output.text());
-
-    // The endpoint comes up: one recovery line, and everything is delivered.
-    let endpoint = Endpoint::start_on(down, |_, _| Reply::status(200)).await;
-    endpoint.wait_for(10, RECOVERY).await;
+    let sidecar = Sidecar::spawn(&with(
+        Sidecar::env(&azurite, "storm", &endpoint.url),
+        &[
+            ("RETRY_BASE_DELAY", "1s"),
+            ("RETRY_MAX_DELAY", "1s"),
+            ("MAX_DEQUEUE_COUNT", "20"),
+        ],
+    ));
+    endpoint.wait_for(FAILURES + 10, RECOVERY).await;
     assert!(
         wait_until(WAIT, || sidecar
             .output
             .count_matching("the endpoint accepts deliveries again")
             == 1)
-        .await
+        .await,
+        "{}",
+        sidecar.output.text()
     );
-    let m = metrics(&addr).await;
-    assert!(
+    let failed = |level: Option<&str>| {
+        sidecar
+            .json_lines()
+            .iter()
+            .filter(|l| l["message"] == "delivery failed")
+            .filter(|l| level.is_none_or(|level| l["level"] == level))
+            .count()
+    };
+    assert_eq!(failed(None), FAILURES, "every failure is logged...");
+    assert_eq!(
+        failed(Some("WARN")),
+        1,
+        "...but only the first as a warning"
+    );
+
+    let m = metrics(sidecar.admin()).await;
+    assert_eq!(
         sample(
             &m,
-            r#"deliveries_total{outcome="retryable",status_class="connection"}"#
-        ) >= 20.0
+            r#"deliveries_total{outcome="retryable",status_class="5xx"}"#
+        ),
+        FAILURES as f64
+    );
+    assert_eq!(
+        sample(&m, r#"retries_scheduled_total{failure="503"}"#),
+        FAILURES as f64
     );
 }
 
@@ -520,11 +504,7 @@ async fn no_secret_appears_in_logs_help_check_probes_or_metrics() {
         ],
     );
     // A sidecar whose SAS does not cover its queue, so error paths are logged too.
-    let missing_admin = format!("127.0.0.1:{}", free_port());
-    let by_sas_missing = with(
-        by_sas.clone(),
-        &[("QUEUE_NAME", "missing"), ("ADMIN_ADDR", &missing_admin)],
-    );
+    let by_sas_missing = with(by_sas.clone(), &[("QUEUE_NAME", "missing")]);
     for name in ["by-key", "by-sas"] {
         let queue = azurite.create_queue(name).await;
         queue.send(name, None, None).await.expect("send");
@@ -532,7 +512,11 @@ async fn no_secret_appears_in_logs_help_check_probes_or_metrics() {
 
     let sidecars: Vec<(Sidecar, String)> = [&by_key, &by_sas, &by_sas_missing]
         .into_iter()
-        .map(|env| (Sidecar::spawn(env), admin(env)))
+        .map(|env| {
+            let sidecar = Sidecar::spawn(env);
+            let addr = sidecar.admin().to_string();
+            (sidecar, addr)
+        })
         .collect();
     let received = endpoint.wait_for(2, WAIT).await;
     assert!(
@@ -595,7 +579,7 @@ async fn no_secret_appears_in_logs_help_check_probes_or_metrics() {
         )
     );
     assert_eq!(started["auth"], "shared-key");
-    assert_eq!(started["admin_addr"], admin(&by_key));
+    assert_eq!(started["admin_addr"], sidecars[0].1);
     assert_eq!(started["queue_length_interval"], "30s");
 }
 
@@ -605,9 +589,8 @@ async fn shutdown_turns_readiness_off_while_deliveries_finish() {
     let queue = azurite.create_queue("draining").await;
     let endpoint = Endpoint::start(|_, _| Reply::status(200).after(Duration::from_secs(2))).await;
     queue.send("slow", None, None).await.expect("send");
-    let env = Sidecar::env(&azurite, "draining", &endpoint.url);
-    let addr = admin(&env);
-    let mut sidecar = Sidecar::spawn(&env);
+    let mut sidecar = Sidecar::spawn(&Sidecar::env(&azurite, "draining", &endpoint.url));
+    let addr = sidecar.admin().to_string();
     endpoint.wait_for(1, WAIT).await;
     sidecar.signal("TERM");
     let answer = wait_for_status(&addr, "/readyz", 503, Duration::from_secs(2)).await;
@@ -652,7 +635,8 @@ async fn the_admin_server_can_be_turned_off_and_a_taken_port_stops_the_start() {
     assert!(stderr.contains("ADMIN_ADDR=off"), "{stderr}");
 
     // Nothing listens where healthcheck looks: 1, not a hang.
-    let (code, stdout, _) = command(&["healthcheck"], &base).await;
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let (code, stdout, _) = command(&["healthcheck"], &at(&base, &nobody)).await;
     assert_eq!(code, 1, "{stdout}");
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

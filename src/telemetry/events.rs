@@ -3,13 +3,16 @@
 //! Fields are stable names (`message_id`, `dequeue_count`, `outcome`, `status`, `latency_ms`) so
 //! that log queries keep working. Nothing here ever receives a pop receipt, key or SAS.
 //!
-//! Some events also feed the probes' state in [`super::health`]: the heartbeat and the queue's
-//! answers decide liveness and readiness, so they cannot disagree with the logs.
+//! Some events also feed the probes' state in [`super::health`]: the heartbeat, the queue's
+//! answers and the endpoint pause decide liveness and readiness, so the probes cannot disagree
+//! with the logs.
 
 use super::health::{health, EndpointTransition, Probe, QueueTransition};
 use super::metrics::metrics;
 use crate::delivery::{Failure, Outcome};
+use crate::poison::PoisonError;
 use crate::queue::{Operation, QueueError};
+use crate::retry::PoisonReason;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
@@ -73,7 +76,7 @@ macro_rules! delivery_failed {
             status = %$status,
             latency_ms = millis($event.latency),
             error = %$failure.describe(),
-            "delivery failed; the message stays in the queue"
+            "delivery failed"
         )
     };
 }
@@ -125,7 +128,7 @@ impl InternalEvent for DeliveryAttempted<'_> {
                     );
                 }
             }
-            // A down or overloaded endpoint fails every message the same way: one warning
+            // A failing or overloaded endpoint fails every message the same way: one warning
             // when that starts, the repeats at debug level, one line when it recovers.
             Outcome::Retryable { failure, .. } => {
                 match health().endpoint_failed(&failure.label()) {
@@ -265,102 +268,168 @@ impl InternalEvent for InFlightChanged {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Retries, poison queue, release at shutdown, lease renewal: emitted by the pump.
-// ---------------------------------------------------------------------------------------------
-
-/// A failed delivery was handed back to the queue (Update Message) to be retried after `delay`.
-pub struct MessageRetryScheduled<'a> {
+/// A failed message was hidden until its next attempt.
+pub struct RetryScheduled<'a> {
     pub message_id: &'a str,
     pub dequeue_count: u32,
-    /// How long the message stays invisible before the next attempt.
+    pub failure: &'a Failure,
     pub delay: Duration,
-    /// Why it is retried: the failure's label (`503`, `timeout`, `connection`, ...).
-    pub reason: &'a str,
 }
 
-impl InternalEvent for MessageRetryScheduled<'_> {
+impl InternalEvent for RetryScheduled<'_> {
     fn emit(self) {
-        // The failure itself was logged by `DeliveryAttempted`; this is the follow-up.
         debug!(
             message_id = self.message_id,
             dequeue_count = self.dequeue_count,
             retry_in_ms = millis(self.delay),
-            reason = self.reason,
-            "delivery will be retried"
-        );
-        metrics().messages_retried.inc();
-        health().queue_answered();
-    }
-}
-
-/// A message was copied to the poison queue and deleted from the main queue.
-pub struct MessagePoisoned<'a> {
-    pub message_id: &'a str,
-    pub dequeue_count: u32,
-    /// The poison queue's name.
-    pub poison_queue: &'a str,
-    /// A fixed label (bounded metric cardinality): `max_dequeue_count`, `permanent` or
-    /// `unmappable`.
-    pub reason: &'static str,
-    /// The last failure, in words.
-    pub detail: &'a str,
-}
-
-impl InternalEvent for MessagePoisoned<'_> {
-    fn emit(self) {
-        warn!(
-            message_id = self.message_id,
-            dequeue_count = self.dequeue_count,
-            outcome = "poisoned",
-            poison_queue = self.poison_queue,
-            reason = self.reason,
-            error = self.detail,
-            "message moved to the poison queue"
+            "retry scheduled"
         );
         metrics()
-            .messages_poisoned
-            .get_or_create(&vec![("reason", self.reason.to_string())])
+            .retries
+            .get_or_create(&vec![("failure", self.failure.label())])
             .inc();
         health().queue_answered();
     }
 }
 
-/// At shutdown, a message that was received but not delivered was made visible again, so
-/// another consumer can take it at once instead of after its lease.
-pub struct MessageReleased<'a> {
+/// A message was moved to the poison queue and deleted from the main queue.
+pub struct MessagePoisoned<'a> {
     pub message_id: &'a str,
     pub dequeue_count: u32,
+    pub reason: &'a PoisonReason,
+    pub poison_queue: &'a str,
+    /// False when the metadata did not fit next to the text and went only into this line.
+    pub envelope: bool,
 }
 
-impl InternalEvent for MessageReleased<'_> {
+impl InternalEvent for MessagePoisoned<'_> {
     fn emit(self) {
-        debug!(
+        error!(
             message_id = self.message_id,
             dequeue_count = self.dequeue_count,
-            outcome = "released",
-            "message released undelivered"
+            outcome = "poisoned",
+            reason = self.reason.label(),
+            error = %self.reason.describe(),
+            poison_queue = self.poison_queue,
+            envelope = self.envelope,
+            "message moved to the poison queue"
         );
-        metrics().messages_released.inc();
+        metrics()
+            .poisoned
+            .get_or_create(&vec![("reason", self.reason.label().to_string())])
+            .inc();
     }
 }
 
-/// The lease of a message still being delivered was extended.
+/// A message that should be poisoned stays in the main queue, because the poison queue is
+/// missing or may not be written. Reported once per cause.
+pub struct PoisonBlocked<'a> {
+    pub message_id: &'a str,
+    pub poison_queue: &'a str,
+    pub error: &'a PoisonError,
+    pub report: bool,
+}
+
+impl InternalEvent for PoisonBlocked<'_> {
+    fn emit(self) {
+        if self.report {
+            error!(
+                message_id = self.message_id,
+                poison_queue = self.poison_queue,
+                error = %self.error,
+                "cannot poison: the message stays in the main queue and will be retried"
+            );
+        }
+    }
+}
+
+/// The lease of a long delivery was extended.
 pub struct LeaseRenewed<'a> {
     pub message_id: &'a str,
-    /// The new lease, from now.
-    pub visible_in: Duration,
 }
 
 impl InternalEvent for LeaseRenewed<'_> {
     fn emit(self) {
-        debug!(
-            message_id = self.message_id,
-            lease_ms = millis(self.visible_in),
-            "lease renewed"
-        );
+        debug!(message_id = self.message_id, "lease renewed");
         metrics().lease_renewals.inc();
         health().queue_answered();
+    }
+}
+
+/// A message was made visible again at shutdown, for another replica to take.
+pub struct MessageReleased<'a> {
+    pub message_id: &'a str,
+}
+
+impl InternalEvent for MessageReleased<'_> {
+    fn emit(self) {
+        info!(message_id = self.message_id, "released at shutdown");
+        metrics().released.inc();
+    }
+}
+
+/// The identity lacks a permission, so a feature falls back. Logged once per feature.
+pub struct Degraded {
+    pub feature: &'static str,
+    pub consequence: &'static str,
+}
+
+impl InternalEvent for Degraded {
+    fn emit(self) {
+        warn!(
+            feature = self.feature,
+            consequence = self.consequence,
+            "degraded: the queue service refused an operation with 403 (missing permission)"
+        );
+    }
+}
+
+/// The endpoint refuses connections repeatedly: receiving pauses.
+pub struct EndpointDown<'a> {
+    pub consecutive_failures: u32,
+    pub last_error: &'a str,
+}
+
+impl InternalEvent for EndpointDown<'_> {
+    fn emit(self) {
+        error!(
+            consecutive_failures = self.consecutive_failures,
+            error = self.last_error,
+            "endpoint unreachable: receiving paused, probing the endpoint with backoff"
+        );
+        health().receiving_paused(true);
+    }
+}
+
+/// The endpoint accepts connections again: receiving resumes.
+pub struct EndpointUp {
+    pub paused_for: Duration,
+}
+
+impl InternalEvent for EndpointUp {
+    fn emit(self) {
+        info!(
+            paused_ms = millis(self.paused_for),
+            "endpoint reachable again: receiving resumed"
+        );
+        health().receiving_paused(false);
+    }
+}
+
+/// Shutdown: the drain ended.
+pub struct DrainFinished {
+    pub timed_out: bool,
+    pub released: u64,
+}
+
+impl InternalEvent for DrainFinished {
+    fn emit(self) {
+        if self.timed_out {
+            warn!(
+                released = self.released,
+                "SHUTDOWN_TIMEOUT reached: deliveries still running were cut off and their messages released"
+            );
+        }
     }
 }
 

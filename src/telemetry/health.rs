@@ -9,13 +9,16 @@
 //! - **Liveness** (`/healthz`): the receive loop made progress recently. The loop emits a
 //!   heartbeat at least every few seconds even while it waits for free delivery slots, so the
 //!   only legitimate long gaps are a slow queue call followed by a backoff sleep; the limit
-//!   ([`stall_limit`]) allows several of those. While shutting down the loop no longer
-//!   iterates (it waits for deliveries to finish), so liveness stays up: the drain is bounded
-//!   by the shutdown logic, and a kill from the kubelet would only lose work in progress.
+//!   ([`stall_limit`]) allows several of those. Two states stop the loop on purpose, and
+//!   liveness stays up through them: receiving paused because the endpoint is down (the pump
+//!   probes the endpoint with backoff; restarting the sidecar would not bring the app back),
+//!   and shutting down (the drain is bounded by `SHUTDOWN_TIMEOUT`; a kill from the kubelet
+//!   would only lose work in progress).
 //! - **Readiness** (`/readyz`): the queue has answered at least once and the last call of the
 //!   receive path (receive, delete, update) succeeded; not ready while shutting down. The
 //!   queue-length poll's properties call is left out on purpose: it needs a permission (SAS
-//!   `r`, a reader role) that a working sidecar may lack, and readiness would flap with it.
+//!   `r`, a reader role) that a working sidecar may lack, and readiness would flap with it; so
+//!   are writes to the poison queue, which has its own reporting.
 
 use crate::queue::{Operation, QueueErrorKind};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
@@ -96,6 +99,8 @@ struct State {
     stall_limit: Duration,
     /// Whether the last liveness answer was a failure (to log the change once).
     stalled: bool,
+    /// Receiving is paused while the endpoint is down.
+    paused: bool,
     queue: QueueState,
     answered_once: bool,
     shutting_down: bool,
@@ -129,6 +134,7 @@ impl Health {
                 last_heartbeat: now,
                 stall_limit: stall_limit(Duration::ZERO),
                 stalled: false,
+                paused: false,
                 queue: QueueState::Waiting,
                 answered_once: false,
                 shutting_down: false,
@@ -165,14 +171,27 @@ impl Health {
         }
     }
 
-    /// A call of the receive path failed. A lost lease is not a fault of the queue (the
-    /// service answered correctly that someone else owns the message), and the queue-length
-    /// poll does not count (see the module docs): neither changes readiness.
+    /// A queue call failed. Only the receive path's calls count (see the module docs), and a
+    /// lost lease is not a fault of the queue: the service answered correctly that someone
+    /// else owns the message.
     pub fn queue_failed(&self, operation: Operation, kind: QueueErrorKind) {
-        if kind == QueueErrorKind::MessageGone || operation == Operation::Properties {
+        let receive_path = matches!(
+            operation,
+            Operation::Receive | Operation::Delete | Operation::Update
+        );
+        if !receive_path || kind == QueueErrorKind::MessageGone {
             return;
         }
         self.lock().queue = QueueState::Failing { operation, kind };
+    }
+
+    /// Receiving paused (the endpoint is down) or resumed. Resuming counts as progress.
+    pub fn receiving_paused(&self, paused: bool) {
+        let mut state = self.lock();
+        state.paused = paused;
+        if !paused {
+            state.last_heartbeat = Instant::now();
+        }
     }
 
     /// Shutdown started: not ready any more, and no stall detection during the drain.
@@ -192,6 +211,8 @@ impl Health {
         let quiet = now.saturating_duration_since(state.last_heartbeat);
         let probe = if state.shutting_down {
             Probe::pass("shutting down")
+        } else if state.paused {
+            Probe::pass("receiving paused: the endpoint is down")
         } else if quiet > state.stall_limit {
             Probe::fail(format!(
                 "receive loop stalled: no progress for {}s (limit {}s)",
@@ -276,7 +297,7 @@ mod tests {
         let start = Instant::now();
         let health = Health::new(start);
         health.set_stall_limit(Duration::from_secs(10));
-        assert_eq!(health.liveness(start + Duration::from_secs(9)).0.ok, true);
+        assert!(health.liveness(start + Duration::from_secs(9)).0.ok);
 
         let (probe, changed) = health.liveness(start + Duration::from_secs(11));
         assert!(!probe.ok && changed, "{probe:?}");
@@ -287,6 +308,18 @@ mod tests {
         health.heartbeat(start + Duration::from_secs(12));
         let (probe, changed) = health.liveness(start + Duration::from_secs(13));
         assert!(probe.ok && changed);
+    }
+
+    #[test]
+    fn liveness_holds_while_receiving_is_paused_for_the_endpoint() {
+        let start = Instant::now();
+        let health = Health::new(start);
+        health.set_stall_limit(Duration::from_secs(10));
+        health.receiving_paused(true);
+        let (probe, _) = health.liveness(start + Duration::from_secs(60));
+        assert!(probe.ok && probe.reason.contains("paused"), "{probe:?}");
+        health.receiving_paused(false);
+        assert!(health.liveness(Instant::now()).0.ok);
     }
 
     #[test]
@@ -318,9 +351,11 @@ mod tests {
         health.queue_answered();
         assert!(health.readiness().ok);
 
-        // Neither a lost lease nor the queue-length poll is a fault of the receive path.
+        // Neither a lost lease, the queue-length poll nor the poison queue is a fault of the
+        // receive path.
         health.queue_failed(Operation::Delete, QueueErrorKind::MessageGone);
         health.queue_failed(Operation::Properties, QueueErrorKind::Unauthorized);
+        health.queue_failed(Operation::Send, QueueErrorKind::QueueNotFound);
         assert!(health.readiness().ok);
 
         health.shutting_down();

@@ -27,17 +27,13 @@ pub struct Metrics {
     pub messages_deleted: Counter,
     pub queue_errors: Family<Labels, Counter>,
     pub leases_lost: Family<Labels, Counter>,
+    pub retries: Family<Labels, Counter>,
+    pub poisoned: Family<Labels, Counter>,
+    pub released: Counter,
+    pub lease_renewals: Counter,
     pub in_flight: Gauge,
     pub delivery_seconds: Histogram,
     pub message_age_seconds: Histogram,
-    /// Failed deliveries given back to the queue with a retry delay.
-    pub messages_retried: Counter,
-    /// Messages moved to the poison queue, by reason.
-    pub messages_poisoned: Family<Labels, Counter>,
-    /// Messages made visible again because the sidecar stopped before delivering them.
-    pub messages_released: Counter,
-    /// Leases extended while a delivery was still running.
-    pub lease_renewals: Counter,
     /// Queue call latency by operation, failures included.
     pub queue_call_seconds: HistogramFamily,
     /// The queue's approximate message count, visible and invisible.
@@ -58,15 +54,15 @@ impl Metrics {
             messages_deleted: Counter::default(),
             queue_errors: Family::default(),
             leases_lost: Family::default(),
+            retries: Family::default(),
+            poisoned: Family::default(),
+            released: Counter::default(),
+            lease_renewals: Counter::default(),
             in_flight: Gauge::default(),
             // 1 ms .. ~65 s
             delivery_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             // 10 ms .. ~3 days
             message_age_seconds: Histogram::new(exponential_buckets(0.01, 4.0, 14)),
-            messages_retried: Counter::default(),
-            messages_poisoned: Family::default(),
-            messages_released: Counter::default(),
-            lease_renewals: Counter::default(),
             queue_call_seconds: Family::new_with_constructor(queue_call_histogram),
             queue_messages: Gauge::default(),
             registry: Registry::default(),
@@ -97,6 +93,26 @@ impl Metrics {
             metrics.leases_lost.clone(),
         );
         registry.register(
+            "retries_scheduled",
+            "Failed deliveries scheduled for a later retry, by failure (status, timeout, connection)",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "messages_poisoned",
+            "Messages moved to the poison queue, by reason",
+            metrics.poisoned.clone(),
+        );
+        registry.register(
+            "messages_released",
+            "Messages made visible again at shutdown",
+            metrics.released.clone(),
+        );
+        registry.register(
+            "lease_renewals",
+            "Visibility extensions of messages whose delivery outlasted half the lease",
+            metrics.lease_renewals.clone(),
+        );
+        registry.register(
             "in_flight",
             "Deliveries in progress",
             metrics.in_flight.clone(),
@@ -118,29 +134,8 @@ impl Metrics {
         }
     }
 
-    /// Registers the metrics of retries, poisoning, release, lease renewal, queue calls and
-    /// queue length, and the build info.
+    /// Registers the queue-call latency, the queue length and the build info.
     fn register_operability(&self, registry: &mut Registry) {
-        registry.register(
-            "messages_retried",
-            "Failed deliveries returned to the queue with a retry delay",
-            self.messages_retried.clone(),
-        );
-        registry.register(
-            "messages_poisoned",
-            "Messages moved to the poison queue, by reason",
-            self.messages_poisoned.clone(),
-        );
-        registry.register(
-            "messages_released",
-            "Messages made visible again at shutdown, undelivered",
-            self.messages_released.clone(),
-        );
-        registry.register(
-            "lease_renewals",
-            "Message leases extended during a long delivery",
-            self.lease_renewals.clone(),
-        );
         registry.register(
             "queue_call_duration_seconds",
             "Queue service call latency by operation, failures included",
