@@ -4,9 +4,11 @@
 //! azure-queue-sidecar check` (or the same command as a Job) is how an operator finds out
 //! which part of a broken deployment is broken. It validates the configuration exactly as the
 //! sidecar does, then makes one Get Queue Properties call (the same client, credential and
-//! URL as the sidecar) and opens one connection to the endpoint (a `HEAD` request: the
-//! endpoint sees no event). It prints one line per check and exits 0 when nothing failed, 1
-//! when something did, 2 when the configuration is invalid.
+//! URL as the sidecar), one on the poison queue, and opens one connection to the endpoint (a
+//! `HEAD` request: the endpoint sees no event). It prints one line per check and exits 0 when
+//! nothing failed, 1 when something did, 2 when the configuration is invalid. Problems that
+//! do not stop deliveries (a poison queue that is missing, a permission only this check
+//! needs) are `WARN` lines and keep the exit status 0.
 //!
 //! One properties call answers three questions, in order: does the queue service answer, does
 //! it accept the credentials, does the queue exist. A failure makes the later questions
@@ -100,8 +102,13 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
             loggable_url(&config.endpoint)
         ),
     )];
-    let (queue, endpoint) = tokio::join!(check_queue(config), check_endpoint(config));
+    let (queue, poison, endpoint) = tokio::join!(
+        check_queue(config),
+        check_poison_queue(config),
+        check_endpoint(config)
+    );
     checks.extend(queue);
+    checks.push(poison);
     checks.push(endpoint);
     checks
 }
@@ -155,11 +162,77 @@ async fn check_queue(config: &Config) -> Vec<Check> {
             )]
         }
     };
-    let result = tokio::time::timeout(QUEUE_CHECK_TIMEOUT, queue.approximate_message_count())
+    let result = properties(&queue).await;
+    queue_report(&queue, config.storage.credential.kind(), result)
+}
+
+/// The properties call, bounded; `Err(None)` means it timed out.
+async fn properties(queue: &Queue) -> Result<u64, Option<QueueError>> {
+    tokio::time::timeout(QUEUE_CHECK_TIMEOUT, queue.approximate_message_count())
         .await
         .map_err(|_| None)
-        .and_then(|result| result.map_err(Some));
-    queue_report(&queue, config.storage.credential.kind(), result)
+        .and_then(|result| result.map_err(Some))
+}
+
+/// Whether the poison queue is there when a message needs it. Never a failure: deliveries work
+/// without it, but a message that exhausts its attempts then stays in the main queue.
+async fn check_poison_queue(config: &Config) -> Check {
+    const NAME: &str = "poison queue";
+    let retry = &config.retry;
+    if retry.max_dequeue_count == 0 {
+        return Check::new(
+            Status::Skip,
+            NAME,
+            "MAX_DEQUEUE_COUNT=0: messages are never poisoned",
+        );
+    }
+    let queue = match runtime::connector(config)
+        .ok()
+        .and_then(|connector| connector.queue(retry.poison_queue_url.clone()).ok())
+    {
+        Some(queue) => queue,
+        None => return Check::new(Status::Warn, NAME, "cannot build the client"),
+    };
+    let name = &retry.poison_queue_name;
+    match properties(&queue).await {
+        Ok(count) => Check::new(
+            Status::Ok,
+            NAME,
+            format!("{name} exists, about {count} messages"),
+        ),
+        Err(Some(error)) if error.kind == QueueErrorKind::QueueNotFound => {
+            if retry.create_poison_queue {
+                Check::new(
+                    Status::Ok,
+                    NAME,
+                    format!("{name} does not exist yet; it is created when first needed (CREATE_POISON_QUEUE=true)"),
+                )
+            } else {
+                Check::new(
+                    Status::Warn,
+                    NAME,
+                    format!("{name} does not exist and CREATE_POISON_QUEUE=false: a message that fails MAX_DEQUEUE_COUNT times stays in the main queue; create it, or set CREATE_POISON_QUEUE=true"),
+                )
+            }
+        }
+        Err(Some(error)) if is_permission_error(&error) => Check::new(
+            Status::Warn,
+            NAME,
+            format!("cannot read the properties of {name} ({error}); poisoning needs the right to add messages to it"),
+        ),
+        Err(Some(error))
+            if matches!(
+                error.kind,
+                QueueErrorKind::Unauthorized
+                    | QueueErrorKind::Unreachable
+                    | QueueErrorKind::Throttled
+            ) =>
+        {
+            Check::new(Status::Skip, NAME, "see the queue checks above")
+        }
+        Err(Some(error)) => Check::new(Status::Warn, NAME, format!("{name}: {error}")),
+        Err(None) => Check::new(Status::Skip, NAME, "the queue service did not answer"),
+    }
 }
 
 /// Three lines (service, credentials, queue) from the one properties call's result; `None` as

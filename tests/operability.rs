@@ -317,6 +317,7 @@ async fn check_passes_and_fails_on_the_right_causes() {
     let azurite = Azurite::start().await;
     let queue = azurite.create_queue("present").await;
     queue.send("waiting", None, None).await.expect("send");
+    azurite.create_queue("present-poison").await;
     let endpoint = Endpoint::ok().await;
     let good = Sidecar::env(&azurite, "present", &endpoint.url);
 
@@ -327,6 +328,7 @@ async fn check_passes_and_fails_on_the_right_causes() {
         "queue service",
         "credentials",
         "queue",
+        "poison queue",
         "endpoint",
     ];
     assert_eq!(stdout.lines().count(), names.len(), "{stdout}");
@@ -338,6 +340,19 @@ async fn check_passes_and_fails_on_the_right_causes() {
         "{stdout}"
     );
     assert_eq!(endpoint.count(), 0, "check sends no event");
+
+    // A missing poison queue is worth a warning, not a failure.
+    let (code, stdout, _) = command(
+        &["check"],
+        &with(good.clone(), &[("POISON_QUEUE_NAME", "nowhere-poison")]),
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}");
+    let line = check_line(&stdout, "poison queue");
+    assert!(
+        line.starts_with("WARN ") && line.contains("CREATE_POISON_QUEUE"),
+        "{stdout}"
+    );
 
     // The queue does not exist.
     let (code, stdout, _) =
