@@ -25,6 +25,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub delivery_seconds: Histogram,
     pub message_age_seconds: Histogram,
+    pub token_requests: Family<Labels, Counter>,
+    pub token_endpoint_errors: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -41,6 +43,8 @@ impl Metrics {
             delivery_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             // 10 ms .. ~3 days
             message_age_seconds: Histogram::new(exponential_buckets(0.01, 4.0, 14)),
+            token_requests: Family::default(),
+            token_endpoint_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -82,6 +86,16 @@ impl Metrics {
             "message_age_seconds",
             "Time from enqueue to successful delivery",
             metrics.message_age_seconds.clone(),
+        );
+        registry.register(
+            "token_requests",
+            "Microsoft Entra ID token requests by identity and outcome (acquired, failed)",
+            metrics.token_requests.clone(),
+        );
+        registry.register(
+            "token_endpoint_errors",
+            "Failed token endpoint calls (each retry counts) by identity and status",
+            metrics.token_endpoint_errors.clone(),
         );
         Self {
             registry,
