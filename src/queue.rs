@@ -161,6 +161,9 @@ impl QueueError {
         let mut detail = match (status, &code) {
             (Some(status), Some(code)) => format!("HTTP {status} {code}"),
             (Some(status), None) => format!("HTTP {status}"),
+            // The credential's own (already scrubbed, one-line) message, without the retry
+            // policy's "non-transport error occurred which will not be retried" wrapping.
+            _ if kind == QueueErrorKind::TokenUnavailable => redact(&root_cause(&error)),
             _ => redact(&error_chain(&error)),
         };
         if let Some(reason) = crate::auth::refusal::authentication_detail(&error) {
@@ -200,6 +203,15 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The innermost error's message.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }
 
 fn classify(status: Option<u16>, code: Option<&str>, kind: &ErrorKind) -> QueueErrorKind {

@@ -564,3 +564,6 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String)
 pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+/// Microsoft Entra ID test parts (HTTPS Azurite, token issuer, private CA).
+pub mod entra;
