@@ -96,6 +96,22 @@ pub struct PollConfig {
     pub max_interval: Duration,
 }
 
+/// What happens to a message whose delivery failed.
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    /// Delay before the first retry; doubles with every attempt.
+    pub base_delay: Duration,
+    /// The longest retry delay (also the cap on an endpoint's `Retry-After`).
+    pub max_delay: Duration,
+    /// Attempts before a message goes to the poison queue; 0 never poisons.
+    pub max_dequeue_count: u32,
+    /// Where poisoned messages go.
+    pub poison_queue_url: Url,
+    pub poison_queue_name: String,
+    /// Whether the sidecar may create the poison queue if it is missing.
+    pub create_poison_queue: bool,
+}
+
 /// Logging setup.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -120,6 +136,9 @@ pub struct Config {
     pub poll: PollConfig,
     /// Per-POST timeout.
     pub http_timeout: Duration,
+    pub retry: RetryConfig,
+    /// How long deliveries in progress may run on after SIGTERM.
+    pub shutdown_timeout: Duration,
     pub log: LogConfig,
 }
 
@@ -264,6 +283,36 @@ pub const VARIABLES: &[VariableDoc] = &[
         meaning: "timeout of one POST",
     },
     VariableDoc {
+        name: "RETRY_BASE_DELAY",
+        default: "1s",
+        meaning: "delay before the first retry of a failed delivery; doubles per attempt (with jitter)",
+    },
+    VariableDoc {
+        name: "RETRY_MAX_DELAY",
+        default: "5m",
+        meaning: "longest retry delay; also caps an endpoint's Retry-After",
+    },
+    VariableDoc {
+        name: "MAX_DEQUEUE_COUNT",
+        default: "5",
+        meaning: "delivery attempts before a message goes to the poison queue; 0 disables poisoning",
+    },
+    VariableDoc {
+        name: "POISON_QUEUE_NAME",
+        default: "<QUEUE_NAME>-poison",
+        meaning: "where messages that cannot be delivered are moved",
+    },
+    VariableDoc {
+        name: "CREATE_POISON_QUEUE",
+        default: "false",
+        meaning: "create the poison queue if it is missing (needs the right to create queues)",
+    },
+    VariableDoc {
+        name: "SHUTDOWN_TIMEOUT",
+        default: "20s",
+        meaning: "on SIGTERM, how long deliveries in progress may finish before their messages are released",
+    },
+    VariableDoc {
         name: "LOG_FORMAT",
         default: "json",
         meaning: "json or text",
@@ -346,6 +395,9 @@ impl Config {
             ));
         }
 
+        let retry = retry_config(&env, &storage)?;
+        let shutdown_timeout = env.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(20))?;
+
         let log = log_config(&env)?;
 
         Ok(Config {
@@ -357,13 +409,18 @@ impl Config {
             visibility_timeout,
             poll,
             http_timeout,
+            retry,
+            shutdown_timeout,
             log,
         })
     }
 }
 
+/// A source of variable values by name.
+type Lookup = Box<dyn Fn(&str) -> Option<String>>;
+
 /// The variable source, with empty values already filtered out.
-struct Env(Box<dyn Fn(&str) -> Option<String>>);
+struct Env(Lookup);
 
 impl Env {
     fn get(&self, name: &str) -> Option<String> {
@@ -453,9 +510,9 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
 /// Formats a duration the way the configuration accepts it.
 pub fn format_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
-    if ms % 1_000 != 0 {
+    if !ms.is_multiple_of(1_000) {
         format!("{ms}ms")
-    } else if ms % 60_000 != 0 || ms == 0 {
+    } else if !ms.is_multiple_of(60_000) || ms == 0 {
         format!("{}s", ms / 1_000)
     } else {
         format!("{}m", ms / 60_000)
@@ -465,6 +522,10 @@ pub fn format_duration(duration: Duration) -> String {
 /// Queue names: 3-63 characters, lowercase letters, digits and single hyphens, starting and
 /// ending with a letter or digit (Azure's naming rules). Checked here so a typo fails at start.
 fn validate_queue_name(name: &str) -> Result<(), ConfigError> {
+    check_queue_name("QUEUE_NAME", name)
+}
+
+fn check_queue_name(variable: &'static str, name: &str) -> Result<(), ConfigError> {
     let valid_chars = name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
@@ -477,7 +538,7 @@ fn validate_queue_name(name: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError::new(
-            "QUEUE_NAME",
+            variable,
             format!(
                 "expected 3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit, got {name:?}"
             ),
@@ -554,13 +615,15 @@ fn storage_config(env: &Env, queue_name: String) -> Result<StorageConfig, Config
                 validate_account_name(&account)?;
                 parse_service_url(&format!("https://{account}.queue.core.windows.net"))?
             }
-            (None, None) => return Err(ConfigError::new(
-                "AZURE_STORAGE_ACCOUNT",
-                format!(
-                    "not set; {} needs the storage account name, or AZURE_STORAGE_QUEUE_ENDPOINT",
-                    identity.kind()
-                ),
-            )),
+            (None, None) => {
+                let kind = identity.kind();
+                return Err(ConfigError::new(
+                    "AZURE_STORAGE_ACCOUNT",
+                    format!(
+                        "not set; {kind} needs the account name, or AZURE_STORAGE_QUEUE_ENDPOINT"
+                    ),
+                ));
+            }
         };
         (service_url, Credential::token(identity))
     } else if let Some(raw) = connection_string {
@@ -700,6 +763,64 @@ fn queue_url(service: &Url, queue_name: &str) -> Url {
     url.set_path(&path);
     url.set_fragment(None);
     url
+}
+
+fn retry_config(env: &Env, storage: &StorageConfig) -> Result<RetryConfig, ConfigError> {
+    let base_delay = env.duration("RETRY_BASE_DELAY", Duration::from_secs(1))?;
+    let max_delay = env.duration("RETRY_MAX_DELAY", Duration::from_secs(300))?;
+    if max_delay > MAX_VISIBILITY_TIMEOUT {
+        return Err(ConfigError::new(
+            "RETRY_MAX_DELAY",
+            "expected at most 7d (the queue service's limit)",
+        ));
+    }
+    if max_delay < base_delay {
+        return Err(ConfigError::new(
+            "RETRY_MAX_DELAY",
+            format!(
+                "expected at least RETRY_BASE_DELAY ({})",
+                format_duration(base_delay)
+            ),
+        ));
+    }
+    let max_dequeue_count = env.parse_range("MAX_DEQUEUE_COUNT", 5, 0, 1_000_000)?;
+    let poison_queue_name = match env.get("POISON_QUEUE_NAME") {
+        Some(name) => {
+            let name = name.trim().to_string();
+            check_queue_name("POISON_QUEUE_NAME", &name)?;
+            name
+        }
+        None => {
+            let name = format!("{}-poison", storage.queue_name);
+            check_queue_name("POISON_QUEUE_NAME", &name).map_err(|_| {
+                ConfigError::new(
+                    "POISON_QUEUE_NAME",
+                    format!(
+                        "the default {name:?} is longer than 63 characters; set a shorter name"
+                    ),
+                )
+            })?;
+            name
+        }
+    };
+    if poison_queue_name == storage.queue_name {
+        return Err(ConfigError::new(
+            "POISON_QUEUE_NAME",
+            "must differ from QUEUE_NAME",
+        ));
+    }
+    let mut poison_queue_url = storage.queue_url.clone();
+    if let Ok(mut segments) = poison_queue_url.path_segments_mut() {
+        segments.pop().push(&poison_queue_name);
+    }
+    Ok(RetryConfig {
+        base_delay,
+        max_delay,
+        max_dequeue_count,
+        poison_queue_url,
+        poison_queue_name,
+        create_poison_queue: env.flag("CREATE_POISON_QUEUE", false)?,
+    })
 }
 
 fn endpoint(env: &Env) -> Result<Url, ConfigError> {
@@ -870,6 +991,16 @@ mod tests {
         assert_eq!(cfg.event.mode, ContentMode::Binary);
         assert!(!cfg.event.decode_base64);
         assert_eq!(cfg.log.format, LogFormat::Json);
+        assert_eq!(cfg.retry.base_delay, Duration::from_secs(1));
+        assert_eq!(cfg.retry.max_delay, Duration::from_secs(300));
+        assert_eq!(cfg.retry.max_dequeue_count, 5);
+        assert_eq!(cfg.retry.poison_queue_name, "orders-poison");
+        assert_eq!(
+            cfg.retry.poison_queue_url.as_str(),
+            "http://127.0.0.1:10001/devstoreaccount1/orders-poison"
+        );
+        assert!(!cfg.retry.create_poison_queue);
+        assert_eq!(cfg.shutdown_timeout, Duration::from_secs(20));
         assert_eq!(
             cfg.storage.queue_url.as_str(),
             "http://127.0.0.1:10001/devstoreaccount1/orders"

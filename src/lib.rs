@@ -13,7 +13,11 @@
 //!   failures classified into what the loop can act on.
 //! - [`event`]: queue message → CloudEvent → HTTP headers and body (binary or structured).
 //! - [`delivery`]: one POST and the meaning of its answer.
-//! - [`pump`]: the receive loop — bounded concurrency, idle backoff, delete after 2xx.
+//! - [`retry`]: the rules after an attempt — delete, retry later (and when), or poison.
+//! - [`worker`]: one message's life — POST with lease renewal, then delete, retry or poison.
+//! - [`poison`]: the poison queue and its envelope format.
+//! - [`pump`]: the receive loop — bounded concurrency, idle backoff, pause while the endpoint is
+//!   down, graceful drain.
 //! - [`runtime`]: wiring the parts together from a [`config::Config`].
 //! - [`shutdown`]: the stop signal every long-running task listens to.
 //! - [`telemetry`]: typed events that write the log line and bump the metric together.
@@ -28,9 +32,12 @@ pub mod backoff;
 pub mod config;
 pub mod delivery;
 pub mod event;
+pub mod poison;
 pub mod pump;
 pub mod queue;
+pub mod retry;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trust;
+pub mod worker;

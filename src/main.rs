@@ -68,7 +68,10 @@ fn run() -> ExitCode {
                     received = summary.received,
                     delivered = summary.delivered,
                     delivered_not_deleted = summary.delivered_not_deleted,
-                    failed = summary.failed,
+                    retries_scheduled = summary.retries_scheduled,
+                    poisoned = summary.poisoned,
+                    released = summary.released,
+                    left = summary.left,
                     "stopped"
                 );
                 ExitCode::SUCCESS

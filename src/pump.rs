@@ -12,21 +12,25 @@
 //! because every Get is billed; a failing queue service makes it back off too, and the failure
 //! is logged once per change of state, not per attempt.
 //!
-//! On shutdown the loop stops receiving and waits for the deliveries in progress.
+//! When the endpoint refuses connections several times in a row, the loop stops receiving
+//! (every Get bumps dequeue counts and costs a transaction) and probes the endpoint with
+//! backoff until it accepts connections again.
+//!
+//! On shutdown the loop stops receiving and gives the deliveries in progress
+//! `SHUTDOWN_TIMEOUT`; what is still running then is cut off and its messages released, as are
+//! messages a last receive brought in after the stop.
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::delivery::{Deliverer, Outcome};
-use crate::event::{encode, EventMapper};
 use crate::queue::{Operation, Queue, QueueError, QueueErrorKind, ReceivedMessage};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::telemetry::events::{
-    DeliveryAttempted, InFlightChanged, InternalEvent, LeaseLost, MessageDeleted,
-    MessageUnmappable, PumpHeartbeat, QueueCallFailed, QueueRecovered, ReceiveSucceeded,
+    DrainFinished, EndpointDown, EndpointUp, InternalEvent, PumpHeartbeat, QueueCallFailed,
+    QueueRecovered, ReceiveSucceeded,
 };
+use crate::worker::{Disposition, Worker};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -38,8 +42,11 @@ const FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const RECEIVE_GRACE: Duration = Duration::from_secs(5);
 /// How often the loop reports it is alive while waiting for free delivery slots.
 const HEARTBEAT: Duration = Duration::from_secs(5);
-/// Attempts at deleting a delivered message while the service is briefly unavailable.
-const DELETE_ATTEMPTS: u32 = 3;
+/// After the shutdown timeout, how long releasing the cut-off messages may take.
+const RELEASE_GRACE: Duration = Duration::from_secs(10);
+/// Probe backoff while the endpoint is down.
+const PROBE_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// The loop's tunables, taken from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +56,7 @@ pub struct PumpSettings {
     pub visibility_timeout: Duration,
     pub poll_min: Duration,
     pub poll_max: Duration,
+    pub shutdown_timeout: Duration,
 }
 
 impl PumpSettings {
@@ -59,6 +67,7 @@ impl PumpSettings {
             visibility_timeout: config.visibility_timeout,
             poll_min: config.poll.min_interval,
             poll_max: config.poll.max_interval,
+            shutdown_timeout: config.shutdown_timeout,
         }
     }
 
@@ -70,164 +79,29 @@ impl PumpSettings {
     }
 }
 
-/// What happened to one received message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    /// Delivered and deleted.
-    Delivered,
-    /// Delivered, but the delete failed: it will be delivered again (at-least-once).
-    DeliveredNotDeleted,
-    /// Not delivered; it stays in the queue and reappears after its visibility timeout.
-    Failed,
-}
-
 /// Counts for the one-line summary printed at exit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
     pub received: u64,
     pub delivered: u64,
     pub delivered_not_deleted: u64,
-    pub failed: u64,
+    pub retries_scheduled: u64,
+    pub poisoned: u64,
+    pub released: u64,
+    pub left: u64,
 }
 
 impl Summary {
     fn record(&mut self, disposition: Disposition) {
-        match disposition {
-            Disposition::Delivered => self.delivered += 1,
-            Disposition::DeliveredNotDeleted => self.delivered_not_deleted += 1,
-            Disposition::Failed => self.failed += 1,
-        }
-    }
-}
-
-/// Handles one message: event, POST, delete. Cheap to clone into each task.
-#[derive(Clone)]
-pub struct Worker {
-    queue: Queue,
-    mapper: Arc<EventMapper>,
-    deliverer: Deliverer,
-}
-
-impl Worker {
-    pub fn new(queue: Queue, mapper: EventMapper, deliverer: Deliverer) -> Self {
-        Self {
-            queue,
-            mapper: Arc::new(mapper),
-            deliverer,
-        }
-    }
-
-    /// Delivers `message` and deletes it after a 2xx. Any other outcome leaves it in the
-    /// queue, invisible until its lease runs out.
-    pub async fn handle(&self, message: ReceivedMessage) -> Disposition {
-        let _in_flight = InFlightGuard::new();
-        let event = match self.mapper.to_event(&message) {
-            Ok(event) => event,
-            Err(error) => {
-                MessageUnmappable {
-                    message_id: &message.id,
-                    dequeue_count: message.dequeue_count,
-                    reason: &error.to_string(),
-                }
-                .emit();
-                return Disposition::Failed;
-            }
+        let counter = match disposition {
+            Disposition::Delivered => &mut self.delivered,
+            Disposition::DeliveredNotDeleted => &mut self.delivered_not_deleted,
+            Disposition::RetryScheduled => &mut self.retries_scheduled,
+            Disposition::Poisoned => &mut self.poisoned,
+            Disposition::Released => &mut self.released,
+            Disposition::Left => &mut self.left,
         };
-        let payload = match encode(event, self.mapper.mode()) {
-            Ok(payload) => payload,
-            Err(error) => {
-                MessageUnmappable {
-                    message_id: &message.id,
-                    dequeue_count: message.dequeue_count,
-                    reason: &error.to_string(),
-                }
-                .emit();
-                return Disposition::Failed;
-            }
-        };
-
-        let started = Instant::now();
-        let outcome = self.deliverer.deliver(payload).await;
-        DeliveryAttempted {
-            message_id: &message.id,
-            dequeue_count: message.dequeue_count,
-            outcome: &outcome,
-            latency: started.elapsed(),
-            age: message.insertion_time.map(age),
-        }
-        .emit();
-
-        match outcome {
-            Outcome::Delivered { .. } => self.delete(&message).await,
-            Outcome::Retryable { .. } | Outcome::Permanent { .. } => Disposition::Failed,
-        }
-    }
-
-    /// Deletes a delivered message, retrying briefly through transient faults. If it cannot
-    /// be deleted the message comes back after its lease: a duplicate, never a loss.
-    async fn delete(&self, message: &ReceivedMessage) -> Disposition {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
-        for attempt in 1..=DELETE_ATTEMPTS {
-            let error = match self.queue.delete(&message.id, &message.pop_receipt).await {
-                Ok(()) => {
-                    MessageDeleted {
-                        message_id: &message.id,
-                    }
-                    .emit();
-                    return Disposition::Delivered;
-                }
-                Err(error) => error,
-            };
-            if error.kind == QueueErrorKind::MessageGone {
-                LeaseLost {
-                    message_id: &message.id,
-                    operation: Operation::Delete,
-                }
-                .emit();
-                return Disposition::DeliveredNotDeleted;
-            }
-            let transient = matches!(
-                error.kind,
-                QueueErrorKind::Unreachable | QueueErrorKind::Throttled
-            );
-            let last = attempt == DELETE_ATTEMPTS || !transient;
-            let retry_in = (!last).then(|| backoff.next_delay());
-            QueueCallFailed {
-                error: &error,
-                message_id: Some(&message.id),
-                report: last,
-                retry_in,
-            }
-            .emit();
-            match retry_in {
-                Some(delay) => tokio::time::sleep(delay).await,
-                None => break,
-            }
-        }
-        Disposition::DeliveredNotDeleted
-    }
-}
-
-/// Time since `inserted`, zero if the clocks disagree.
-fn age(inserted: OffsetDateTime) -> Duration {
-    (OffsetDateTime::now_utc() - inserted)
-        .try_into()
-        .unwrap_or(Duration::ZERO)
-}
-
-/// Keeps the in-flight gauge right even if a delivery task is cancelled.
-struct InFlightGuard;
-
-impl InFlightGuard {
-    fn new() -> Self {
-        InFlightChanged { delta: 1 }.emit();
-        Self
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        InFlightChanged { delta: -1 }.emit();
+        *counter += 1;
     }
 }
 
@@ -289,9 +163,13 @@ impl Pump {
         let mut idle = Backoff::new(self.settings.poll_min, self.settings.poll_max);
         let mut failing = Backoff::new(FAILURE_BACKOFF_MIN, FAILURE_BACKOFF_MAX);
         let mut health = QueueHealth::default();
+        let (hard_stop, hard_stop_listener) = shutdown::channel();
 
         'receive: loop {
             PumpHeartbeat.emit();
+            if self.worker.gate().is_down() && !self.wait_for_endpoint(&mut shutdown).await {
+                break 'receive;
+            }
             let mut permits = tokio::select! {
                 biased;
                 _ = shutdown.wait() => break 'receive,
@@ -341,20 +219,90 @@ impl Pump {
             }
             idle.reset();
             summary.received += messages.len() as u64;
+            if shutdown.is_requested() {
+                // A receive that finished after the stop: hand the messages back at once.
+                for message in messages {
+                    let worker = self.worker.clone();
+                    tasks.spawn(async move { worker.release_unstarted(message).await });
+                }
+                break 'receive;
+            }
             for message in messages {
                 let Some(permit) = permits.split(1) else {
                     // Never more messages than permits were asked for; if the service sent
                     // more, the extra ones simply come back after their lease.
                     break;
                 };
-                self.spawn(&mut tasks, message, permit);
+                self.spawn(&mut tasks, message, permit, hard_stop_listener.clone());
             }
         }
 
-        while let Some(done) = tasks.join_next().await {
-            record(&mut summary, done);
-        }
+        self.drain(tasks, hard_stop, &mut summary).await;
         summary
+    }
+
+    /// Waits up to `SHUTDOWN_TIMEOUT` for deliveries in progress, then cuts the rest off; they
+    /// release their messages.
+    async fn drain(
+        &self,
+        mut tasks: JoinSet<Disposition>,
+        hard_stop: ShutdownTrigger,
+        summary: &mut Summary,
+    ) {
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
+        let mut timed_out = false;
+        loop {
+            match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                Ok(Some(done)) => record(summary, done),
+                Ok(None) => break,
+                Err(_elapsed) => {
+                    timed_out = true;
+                    break;
+                }
+            }
+        }
+        if timed_out {
+            hard_stop.trigger();
+            let grace = tokio::time::Instant::now() + RELEASE_GRACE;
+            while let Ok(Some(done)) = tokio::time::timeout_at(grace, tasks.join_next()).await {
+                record(summary, done);
+            }
+            // Whatever is still stuck now is abandoned; its lease expires on its own.
+            summary.left += tasks.len() as u64;
+            tasks.abort_all();
+        }
+        DrainFinished {
+            timed_out,
+            released: summary.released,
+        }
+        .emit();
+    }
+
+    /// Probes the endpoint with backoff until it accepts connections. False if shutdown came
+    /// first.
+    async fn wait_for_endpoint(&self, shutdown: &mut Shutdown) -> bool {
+        let gate = self.worker.gate();
+        EndpointDown {
+            consecutive_failures: gate.consecutive_failures(),
+            last_error: &gate.last_error(),
+        }
+        .emit();
+        let paused_at = Instant::now();
+        let mut backoff = Backoff::new(PROBE_BACKOFF_MIN, PROBE_BACKOFF_MAX);
+        loop {
+            sleep_or_shutdown(backoff.next_delay(), shutdown).await;
+            if shutdown.is_requested() {
+                return false;
+            }
+            if self.worker.deliverer().probe().await.is_ok() {
+                gate.reset();
+                EndpointUp {
+                    paused_for: paused_at.elapsed(),
+                }
+                .emit();
+                return true;
+            }
+        }
     }
 
     /// One Get Messages call. If shutdown arrives meanwhile, the call is still given a moment
@@ -380,10 +328,11 @@ impl Pump {
         tasks: &mut JoinSet<Disposition>,
         message: ReceivedMessage,
         permit: OwnedSemaphorePermit,
+        hard_stop: Shutdown,
     ) {
         let worker = self.worker.clone();
         tasks.spawn(async move {
-            let disposition = worker.handle(message).await;
+            let disposition = worker.handle(message, hard_stop).await;
             drop(permit);
             disposition
         });
@@ -391,9 +340,8 @@ impl Pump {
 }
 
 fn record(summary: &mut Summary, done: Result<Disposition, tokio::task::JoinError>) {
-    // A panicking task cannot have deleted its message, so it counts as failed: the message
-    // comes back after its lease.
-    summary.record(done.unwrap_or(Disposition::Failed));
+    // A panicking task cannot have deleted its message: it comes back after its lease.
+    summary.record(done.unwrap_or(Disposition::Left));
 }
 
 async fn sleep_or_shutdown(delay: Duration, shutdown: &mut Shutdown) {
@@ -414,6 +362,7 @@ mod tests {
             visibility_timeout: Duration::from_secs(30),
             poll_min: Duration::from_millis(100),
             poll_max: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(20),
         }
     }
 

@@ -7,7 +7,7 @@
 //! as someone else's message). Error text is passed through [`redact`] because transport errors
 //! quote request URLs, and SAS tokens travel in URLs.
 
-use crate::auth::secret::redact;
+use crate::auth::secret::{error_chain, redact};
 use crate::auth::Credential;
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::HeaderName;
@@ -189,22 +189,6 @@ impl QueueError {
     }
 }
 
-/// The error and its sources on one line: reqwest's top-level message alone ("error sending
-/// request") hides the useful part ("connection refused").
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// The innermost error's message.
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = error;
@@ -264,17 +248,19 @@ impl QueueConnector {
 
     /// A client for the queue at `url` (a queue URL without a query).
     pub fn queue(&self, url: Url) -> Result<Queue, QueueError> {
-        let mut client_options = ClientOptions::default();
-        client_options.transport = Some(Transport::new(Arc::new(self.http.clone())));
-        client_options.per_try_policies = self.credential.per_try_policies();
-        // The receive loop has its own backoff and reports state changes; the SDK only
-        // smooths over a blip, briefly, so a dead service is noticed within seconds.
-        client_options.retry = RetryOptions::exponential(ExponentialRetryOptions {
-            initial_delay: azure_core::time::Duration::milliseconds(100),
-            max_retries: 2,
-            max_total_elapsed: azure_core::time::Duration::seconds(5),
-            max_delay: azure_core::time::Duration::seconds(1),
-        });
+        let client_options = ClientOptions {
+            transport: Some(Transport::new(Arc::new(self.http.clone()))),
+            per_try_policies: self.credential.per_try_policies(),
+            // The receive loop has its own backoff and reports state changes; the SDK only
+            // smooths over a blip, briefly, so a dead service is noticed within seconds.
+            retry: RetryOptions::exponential(ExponentialRetryOptions {
+                initial_delay: azure_core::time::Duration::milliseconds(100),
+                max_retries: 2,
+                max_total_elapsed: azure_core::time::Duration::seconds(5),
+                max_delay: azure_core::time::Duration::seconds(1),
+            }),
+            ..Default::default()
+        };
         let options = QueueClientOptions {
             client_options,
             ..Default::default()
@@ -433,6 +419,15 @@ impl Queue {
             .approximate_messages_count()
             .map_err(|e| QueueError::from_sdk(Operation::Properties, e))?;
         Ok(count.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Clear Messages: deletes every message. Only tests and tooling call this.
+    pub async fn clear(&self) -> Result<(), QueueError> {
+        self.client
+            .clear(None)
+            .await
+            .map(drop)
+            .map_err(|e| QueueError::from_sdk(Operation::Delete, e))
     }
 
     /// Create Queue (succeeds if it already exists). The sidecar itself never calls this for

@@ -7,9 +7,12 @@
 use crate::config::{format_duration, Config};
 use crate::delivery::Deliverer;
 use crate::event::EventMapper;
-use crate::pump::{Pump, PumpSettings, Summary, Worker};
+use crate::poison::PoisonQueue;
+use crate::pump::{Pump, PumpSettings, Summary};
 use crate::queue::{self, QueueConnector, QueueError};
+use crate::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
+use crate::worker::Worker;
 use tracing::info;
 
 /// The `User-Agent` of every request we make.
@@ -39,10 +42,17 @@ pub fn build(config: &Config) -> Result<Pump, StartError> {
     );
     let queue = connector.queue(config.storage.queue_url.clone())?;
     let deliverer = Deliverer::new(config.endpoint.clone(), config.http_timeout, USER_AGENT)?;
+    let poison = PoisonQueue::new(
+        connector.queue(config.retry.poison_queue_url.clone())?,
+        config.retry.create_poison_queue,
+    );
     let worker = Worker::new(
         queue.clone(),
+        poison,
         EventMapper::new(config.event.clone()),
         deliverer,
+        RetryPolicy::from_config(&config.retry),
+        config.visibility_timeout,
     );
     Ok(Pump::new(queue, worker, PumpSettings::from_config(config)))
 }
@@ -71,6 +81,12 @@ fn log_start(config: &Config) {
         poll_min_interval = %format_duration(config.poll.min_interval),
         poll_max_interval = %format_duration(config.poll.max_interval),
         http_timeout = %format_duration(config.http_timeout),
+        retry_base_delay = %format_duration(config.retry.base_delay),
+        retry_max_delay = %format_duration(config.retry.max_delay),
+        max_dequeue_count = config.retry.max_dequeue_count,
+        poison_queue = %config.retry.poison_queue_name,
+        create_poison_queue = config.retry.create_poison_queue,
+        shutdown_timeout = %format_duration(config.shutdown_timeout),
         "azure-queue-sidecar started"
     );
 }

@@ -10,14 +10,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    for (k, v) in extra {
-        env.retain(|(name, _)| name != k);
-        env.push((k.to_string(), v.to_string()));
-    }
-    env
-}
-
 /// Waits until the queue reports no messages at all (visible or leased).
 async fn assert_queue_empties(queue: &azure_queue_sidecar::queue::Queue) {
     let mut count = u64::MAX;
@@ -261,7 +253,7 @@ async fn every_credential_style_reaches_azurite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_delivery_leaves_the_message_until_its_lease_expires() {
+async fn a_failed_delivery_stays_in_the_queue_and_comes_back_with_the_same_id() {
     let azurite = Azurite::start().await;
     let queue = azurite.create_queue("retry").await;
     let endpoint =
@@ -270,10 +262,10 @@ async fn a_failed_delivery_leaves_the_message_until_its_lease_expires() {
 
     let _sidecar = Sidecar::spawn(&with(
         Sidecar::env(&azurite, "retry", &endpoint.url),
-        &[("VISIBILITY_TIMEOUT", "2s")],
+        &[("RETRY_BASE_DELAY", "2s")],
     ));
     let first = endpoint.wait_for(1, WAIT).await;
-    // Right after the failure the message is still in the queue, leased.
+    // Right after the failure the message is still in the queue, hidden until its retry.
     assert_eq!(queue.approximate_message_count().await.expect("count"), 1);
     let both = endpoint.wait_for(2, WAIT).await;
     assert_queue_empties(&queue).await;
@@ -289,7 +281,7 @@ async fn a_failed_delivery_leaves_the_message_until_its_lease_expires() {
     let gap = both[1].at - both[0].at;
     assert!(
         gap >= Duration::from_millis(1500),
-        "redelivered after {gap:?}, before the 2 s lease ran out"
+        "redelivered after {gap:?}, before the 2 s retry delay (±20 %, whole seconds) ran out"
     );
 }
 
@@ -311,11 +303,7 @@ async fn sigterm_lets_deliveries_in_progress_finish_then_exits_0() {
     let code = sidecar.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(code, Some(0), "output: {}", sidecar.output.text());
     assert_queue_empties(&queue).await;
-    let stopped = sidecar
-        .json_lines()
-        .into_iter()
-        .find(|l| l["message"] == "stopped")
-        .expect("a summary line");
+    let stopped = sidecar.summary();
     assert_eq!(stopped["delivered"], 3);
 }
 

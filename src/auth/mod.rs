@@ -144,8 +144,29 @@ impl Policy for SasPolicy {
             _ => self.token.secret().to_string(),
         };
         url.set_query(Some(&query));
-        next[0].send(ctx, request, &next[1..]).await
+        let Some((transport, rest)) = next.split_first() else {
+            return Err(azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Other,
+                "the SAS policy must not be the last policy of the pipeline",
+            ));
+        };
+        // Transport errors quote the request URL, which now carries the signature: scrub
+        // them here, before any caller (or the SDK's own logging) can see them.
+        transport
+            .send(ctx, request, rest)
+            .await
+            .map_err(scrub_error)
     }
+}
+
+/// The same error with any secret removed from its message.
+fn scrub_error(error: azure_core::Error) -> azure_core::Error {
+    let text = secret::error_chain(&error);
+    let clean = secret::redact(&text);
+    if clean == text {
+        return error;
+    }
+    azure_core::Error::with_message(error.kind().clone(), clean)
 }
 
 #[cfg(test)]

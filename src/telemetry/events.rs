@@ -5,7 +5,9 @@
 
 use super::metrics::metrics;
 use crate::delivery::{Failure, Outcome};
+use crate::poison::PoisonError;
 use crate::queue::{Operation, QueueError};
+use crate::retry::PoisonReason;
 use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
@@ -101,7 +103,7 @@ impl InternalEvent for DeliveryAttempted<'_> {
                     status = %status,
                     latency_ms = millis(self.latency),
                     error = %failure.describe(),
-                    "delivery failed; the message stays in the queue"
+                    "delivery failed"
                 );
             }
         }
@@ -225,6 +227,167 @@ pub struct InFlightChanged {
 impl InternalEvent for InFlightChanged {
     fn emit(self) {
         metrics().in_flight.inc_by(self.delta);
+    }
+}
+
+/// A failed message was hidden until its next attempt.
+pub struct RetryScheduled<'a> {
+    pub message_id: &'a str,
+    pub dequeue_count: u32,
+    pub failure: &'a Failure,
+    pub delay: Duration,
+}
+
+impl InternalEvent for RetryScheduled<'_> {
+    fn emit(self) {
+        debug!(
+            message_id = self.message_id,
+            dequeue_count = self.dequeue_count,
+            retry_in_ms = millis(self.delay),
+            "retry scheduled"
+        );
+        metrics()
+            .retries
+            .get_or_create(&vec![("failure", self.failure.label())])
+            .inc();
+    }
+}
+
+/// A message was moved to the poison queue and deleted from the main queue.
+pub struct MessagePoisoned<'a> {
+    pub message_id: &'a str,
+    pub dequeue_count: u32,
+    pub reason: &'a PoisonReason,
+    pub poison_queue: &'a str,
+    /// False when the metadata did not fit next to the text and went only into this line.
+    pub envelope: bool,
+}
+
+impl InternalEvent for MessagePoisoned<'_> {
+    fn emit(self) {
+        error!(
+            message_id = self.message_id,
+            dequeue_count = self.dequeue_count,
+            outcome = "poisoned",
+            reason = self.reason.label(),
+            error = %self.reason.describe(),
+            poison_queue = self.poison_queue,
+            envelope = self.envelope,
+            "message moved to the poison queue"
+        );
+        metrics()
+            .poisoned
+            .get_or_create(&vec![("reason", self.reason.label().to_string())])
+            .inc();
+    }
+}
+
+/// A message that should be poisoned stays in the main queue, because the poison queue is
+/// missing or may not be written. Reported once per cause.
+pub struct PoisonBlocked<'a> {
+    pub message_id: &'a str,
+    pub poison_queue: &'a str,
+    pub error: &'a PoisonError,
+    pub report: bool,
+}
+
+impl InternalEvent for PoisonBlocked<'_> {
+    fn emit(self) {
+        if self.report {
+            error!(
+                message_id = self.message_id,
+                poison_queue = self.poison_queue,
+                error = %self.error,
+                "cannot poison: the message stays in the main queue and will be retried"
+            );
+        }
+    }
+}
+
+/// The lease of a long delivery was extended.
+pub struct LeaseRenewed<'a> {
+    pub message_id: &'a str,
+}
+
+impl InternalEvent for LeaseRenewed<'_> {
+    fn emit(self) {
+        debug!(message_id = self.message_id, "lease renewed");
+        metrics().lease_renewals.inc();
+    }
+}
+
+/// A message was made visible again at shutdown, for another replica to take.
+pub struct MessageReleased<'a> {
+    pub message_id: &'a str,
+}
+
+impl InternalEvent for MessageReleased<'_> {
+    fn emit(self) {
+        info!(message_id = self.message_id, "released at shutdown");
+        metrics().released.inc();
+    }
+}
+
+/// The identity lacks a permission, so a feature falls back. Logged once per feature.
+pub struct Degraded {
+    pub feature: &'static str,
+    pub consequence: &'static str,
+}
+
+impl InternalEvent for Degraded {
+    fn emit(self) {
+        warn!(
+            feature = self.feature,
+            consequence = self.consequence,
+            "degraded: the queue service refused an operation with 403 (missing permission)"
+        );
+    }
+}
+
+/// The endpoint refuses connections repeatedly: receiving pauses.
+pub struct EndpointDown<'a> {
+    pub consecutive_failures: u32,
+    pub last_error: &'a str,
+}
+
+impl InternalEvent for EndpointDown<'_> {
+    fn emit(self) {
+        error!(
+            consecutive_failures = self.consecutive_failures,
+            error = self.last_error,
+            "endpoint unreachable: receiving paused, probing the endpoint with backoff"
+        );
+    }
+}
+
+/// The endpoint accepts connections again: receiving resumes.
+pub struct EndpointUp {
+    pub paused_for: Duration,
+}
+
+impl InternalEvent for EndpointUp {
+    fn emit(self) {
+        info!(
+            paused_ms = millis(self.paused_for),
+            "endpoint reachable again: receiving resumed"
+        );
+    }
+}
+
+/// Shutdown: the drain ended.
+pub struct DrainFinished {
+    pub timed_out: bool,
+    pub released: u64,
+}
+
+impl InternalEvent for DrainFinished {
+    fn emit(self) {
+        if self.timed_out {
+            warn!(
+                released = self.released,
+                "SHUTDOWN_TIMEOUT reached: deliveries still running were cut off and their messages released"
+            );
+        }
     }
 }
 

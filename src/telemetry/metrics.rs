@@ -22,6 +22,10 @@ pub struct Metrics {
     pub messages_deleted: Counter,
     pub queue_errors: Family<Labels, Counter>,
     pub leases_lost: Family<Labels, Counter>,
+    pub retries: Family<Labels, Counter>,
+    pub poisoned: Family<Labels, Counter>,
+    pub released: Counter,
+    pub lease_renewals: Counter,
     pub in_flight: Gauge,
     pub delivery_seconds: Histogram,
     pub message_age_seconds: Histogram,
@@ -38,6 +42,10 @@ impl Metrics {
             messages_deleted: Counter::default(),
             queue_errors: Family::default(),
             leases_lost: Family::default(),
+            retries: Family::default(),
+            poisoned: Family::default(),
+            released: Counter::default(),
+            lease_renewals: Counter::default(),
             in_flight: Gauge::default(),
             // 1 ms .. ~65 s
             delivery_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
@@ -71,6 +79,26 @@ impl Metrics {
             "leases_lost",
             "Messages whose lease was lost (PopReceiptMismatch/MessageNotFound) by operation",
             metrics.leases_lost.clone(),
+        );
+        registry.register(
+            "retries_scheduled",
+            "Failed deliveries scheduled for a later retry, by failure (status, timeout, connection)",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "messages_poisoned",
+            "Messages moved to the poison queue, by reason",
+            metrics.poisoned.clone(),
+        );
+        registry.register(
+            "messages_released",
+            "Messages made visible again at shutdown",
+            metrics.released.clone(),
+        );
+        registry.register(
+            "lease_renewals",
+            "Visibility extensions of messages whose delivery outlasted half the lease",
+            metrics.lease_renewals.clone(),
         );
         registry.register(
             "in_flight",

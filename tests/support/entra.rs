@@ -90,8 +90,21 @@ impl TestPki {
             .concat(),
         );
         openssl(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "server.ext", "-out", "server.pem",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
         ]);
         Self { dir }
     }
@@ -115,11 +128,10 @@ impl TestPki {
     /// A TLS acceptor serving the 127.0.0.1 certificate.
     pub fn acceptor(&self) -> TlsAcceptor {
         runtime::install_crypto_provider();
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(self.cert_file())
-                .expect("server.pem")
-                .collect::<Result<_, _>>()
-                .expect("certificates");
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(self.cert_file())
+            .expect("server.pem")
+            .collect::<Result<_, _>>()
+            .expect("certificates");
         let key = PrivateKeyDer::from_pem_file(self.key_file()).expect("server.key");
         let config = rustls::ServerConfig::builder()
             .with_no_client_auth()
@@ -165,7 +177,11 @@ impl AzuriteTls {
         let debug_log = pki.path(&format!("azurite-{port}.log"));
         let mut child = Command::new(azurite_bin())
             .args(["--queueHost", "127.0.0.1", "--queuePort", &port.to_string()])
-            .args(["--disableTelemetry", "--skipApiVersionCheck", "--inMemoryPersistence"])
+            .args([
+                "--disableTelemetry",
+                "--skipApiVersionCheck",
+                "--inMemoryPersistence",
+            ])
             .args(["--oauth", "basic"])
             .arg("--cert")
             .arg(pki.cert_file())
@@ -452,7 +468,11 @@ fn issue(state: &IssuerState, exchange: Exchange) -> (u16, String) {
     let query: BTreeMap<String, String> = exchange
         .uri
         .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default();
     let form: BTreeMap<String, String> = url::form_urlencoded::parse(&exchange.body)
         .into_owned()
@@ -491,7 +511,10 @@ fn issue(state: &IssuerState, exchange: Exchange) -> (u16, String) {
             && expect("scope", "https://storage.azure.com/.default")
             && form.get("client_assertion").is_some_and(|a| !a.is_empty());
         if !valid {
-            return (400, error_body("invalid_request", "AADSTS900144: bad request"));
+            return (
+                400,
+                error_body("invalid_request", "AADSTS900144: bad request"),
+            );
         }
         state.issued.lock().expect("lock").push(token.clone());
         let body = serde_json::json!({
@@ -509,7 +532,10 @@ fn issue(state: &IssuerState, exchange: Exchange) -> (u16, String) {
         let resource_ok = query.get("resource").map(String::as_str) == Some(STORAGE_AUDIENCE);
         let version_ok = query.get("api-version").map(String::as_str) == Some("2019-08-01");
         if !resource_ok || !version_ok {
-            return (400, error_body("invalid_request", "bad resource or api-version"));
+            return (
+                400,
+                error_body("invalid_request", "bad resource or api-version"),
+            );
         }
         state.issued.lock().expect("lock").push(token.clone());
         let body = serde_json::json!({

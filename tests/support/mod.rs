@@ -565,5 +565,196 @@ pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+impl Azurite {
+    /// Stops Azurite gracefully (SIGTERM), letting an on-disk workspace flush.
+    pub async fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill();
+    }
+}
+
+/// A fresh, empty directory under the system temp dir.
+pub fn temp_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "aqs-{label}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// Distinct CloudEvent ids among what an endpoint received.
+pub fn distinct_ids(received: &[Received]) -> std::collections::BTreeSet<String> {
+    received.iter().map(Received::event_id).collect()
+}
+
+/// `env` with `extra` set, replacing variables of the same name.
+pub fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    for (k, v) in extra {
+        env.retain(|(name, _)| name != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    env
+}
+
+impl Sidecar {
+    /// The one-line summary printed at exit (JSON logs).
+    pub fn summary(&self) -> serde_json::Value {
+        self.json_lines()
+            .into_iter()
+            .find(|l| l["message"] == "stopped")
+            .unwrap_or_else(|| panic!("no summary line in: {}", self.output.text()))
+    }
+}
+
+/// A real HTTP proxy in front of Azurite that can answer `503 ServerBusy` instead of
+/// forwarding, the way the queue service throttles. Shared Key signatures do not cover the
+/// host, so requests signed for the proxy's address are valid at Azurite.
+pub struct ThrottlingProxy {
+    pub port: u16,
+    throttling: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests answered 503.
+    pub throttled: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ThrottlingProxy {
+    pub async fn start(upstream_port: u16) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let throttling = Arc::new(AtomicBool::new(false));
+        let throttled = Arc::new(AtomicUsize::new(0));
+        let client = reqwest::Client::new();
+        let (flag, count) = (throttling.clone(), throttled.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (flag, count, client) = (flag.clone(), count.clone(), client.clone());
+                tokio::spawn(async move {
+                    let service =
+                        service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                            let (flag, count, client) =
+                                (flag.clone(), count.clone(), client.clone());
+                            async move {
+                                if flag.load(Ordering::SeqCst) {
+                                    count.fetch_add(1, Ordering::SeqCst);
+                                    let mut busy = hyper::Response::new(Full::new(Bytes::new()));
+                                    *busy.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                                    busy.headers_mut().insert(
+                                        "x-ms-error-code",
+                                        hyper::header::HeaderValue::from_static("ServerBusy"),
+                                    );
+                                    return Ok::<_, hyper::Error>(busy);
+                                }
+                                let path = request
+                                    .uri()
+                                    .path_and_query()
+                                    .map(|p| p.as_str().to_string())
+                                    .unwrap_or_default();
+                                let method = reqwest::Method::from_bytes(
+                                    request.method().as_str().as_bytes(),
+                                )
+                                .expect("method");
+                                let mut forward = client.request(
+                                    method,
+                                    format!("http://127.0.0.1:{upstream_port}{path}"),
+                                );
+                                for (name, value) in request.headers() {
+                                    if name != hyper::header::HOST
+                                        && name != hyper::header::CONTENT_LENGTH
+                                    {
+                                        forward = forward.header(name.as_str(), value.as_bytes());
+                                    }
+                                }
+                                let body = request
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let mut response = hyper::Response::new(Full::new(Bytes::new()));
+                                match forward.body(body.to_vec()).send().await {
+                                    Ok(upstream) => {
+                                        *response.status_mut() =
+                                            hyper::StatusCode::from_u16(upstream.status().as_u16())
+                                                .expect("status");
+                                        for (name, value) in upstream.headers() {
+                                            if let (Ok(n), Ok(v)) = (
+                                                hyper::header::HeaderName::from_bytes(
+                                                    name.as_str().as_bytes(),
+                                                ),
+                                                hyper::header::HeaderValue::from_bytes(
+                                                    value.as_bytes(),
+                                                ),
+                                            ) {
+                                                if n != hyper::header::CONTENT_LENGTH
+                                                    && n != hyper::header::TRANSFER_ENCODING
+                                                {
+                                                    response.headers_mut().insert(n, v);
+                                                }
+                                            }
+                                        }
+                                        let bytes = upstream.bytes().await.unwrap_or_default();
+                                        *response.body_mut() = Full::new(bytes);
+                                    }
+                                    Err(_) => {
+                                        *response.status_mut() = hyper::StatusCode::BAD_GATEWAY
+                                    }
+                                }
+                                Ok::<_, hyper::Error>(response)
+                            }
+                        });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            port,
+            throttling,
+            throttled,
+            task,
+        }
+    }
+
+    /// Starts or stops answering 503 ServerBusy.
+    pub fn throttle(&self, on: bool) {
+        self.throttling
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn throttled_count(&self) -> usize {
+        self.throttled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn service_url(&self) -> String {
+        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+    }
+}
+
+impl Drop for ThrottlingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Microsoft Entra ID test parts (HTTPS Azurite, token issuer, private CA).
 pub mod entra;

@@ -1,0 +1,158 @@
+//! The poison queue: where messages go that cannot be delivered.
+//!
+//! Azure Queue Storage has no dead-letter queue; `<queue>-poison` is the Azure Functions
+//! convention, and we follow it. Unlike Functions, whose copy keeps only the body, the poison
+//! message here is a JSON envelope with what an operator needs to understand and replay it:
+//!
+//! ```json
+//! {"schema":"azure-queue-sidecar.poison.v1","queue":"orders","messageId":"…",
+//!  "insertionTime":"…","dequeueCount":5,"reason":"attempts_exhausted","lastStatus":500,
+//!  "lastError":"HTTP 500","failedAt":"…","text":"<the original message text, unchanged>"}
+//! ```
+//!
+//! A queue message is at most 64 KiB. If the envelope would exceed that (the original was
+//! already near the limit), the original text is written alone, unchanged, and the metadata goes
+//! to the log line of the poisoning instead: the message itself is never truncated or lost.
+//!
+//! The poison queue is created only when `CREATE_POISON_QUEUE=true`; otherwise a missing queue,
+//! like a missing permission, keeps the message in the main queue.
+
+use crate::queue::{Queue, QueueError, QueueErrorKind, ReceivedMessage};
+use crate::retry::PoisonReason;
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// The largest message the queue service accepts.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The identifier of the envelope format.
+pub const SCHEMA: &str = "azure-queue-sidecar.poison.v1";
+
+/// Why a message could not be written to the poison queue.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PoisonError {
+    #[error("the poison queue does not exist (set CREATE_POISON_QUEUE=true or create it)")]
+    Missing,
+    #[error("the identity may not add messages to the poison queue (403)")]
+    Denied,
+    #[error(transparent)]
+    Queue(QueueError),
+}
+
+/// The text written to the poison queue for `message`.
+pub fn envelope(
+    queue_name: &str,
+    message: &ReceivedMessage,
+    reason: &PoisonReason,
+    failed_at: OffsetDateTime,
+) -> String {
+    let format = |t: OffsetDateTime| t.format(&Rfc3339).ok();
+    let status = match reason.failure() {
+        Some(crate::delivery::Failure::Status(status)) => Some(*status),
+        _ => None,
+    };
+    let document = json!({
+        "schema": SCHEMA,
+        "queue": queue_name,
+        "messageId": message.id,
+        "insertionTime": message.insertion_time.and_then(format),
+        "dequeueCount": message.dequeue_count,
+        "reason": reason.label(),
+        "lastStatus": status,
+        "lastError": reason.describe(),
+        "failedAt": format(failed_at),
+        "text": message.text,
+    });
+    let text = document.to_string();
+    if text.len() <= MAX_MESSAGE_BYTES {
+        text
+    } else {
+        message.text.clone()
+    }
+}
+
+/// The poison queue, possibly created on first use.
+#[derive(Debug, Clone)]
+pub struct PoisonQueue {
+    queue: Queue,
+    create: bool,
+}
+
+impl PoisonQueue {
+    pub fn new(queue: Queue, create: bool) -> Self {
+        Self { queue, create }
+    }
+
+    pub fn name(&self) -> &str {
+        self.queue.name()
+    }
+
+    /// Writes `text` to the poison queue, creating the queue first if allowed and needed.
+    pub async fn put(&self, text: &str) -> Result<(), PoisonError> {
+        match self.queue.send(text, None, None).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind == QueueErrorKind::QueueNotFound && self.create => {
+                self.queue.create().await.map_err(classify)?;
+                self.queue
+                    .send(text, None, None)
+                    .await
+                    .map(drop)
+                    .map_err(classify)
+            }
+            Err(error) => Err(classify(error)),
+        }
+    }
+}
+
+fn classify(error: QueueError) -> PoisonError {
+    match error.kind {
+        QueueErrorKind::QueueNotFound => PoisonError::Missing,
+        QueueErrorKind::Unauthorized => PoisonError::Denied,
+        _ => PoisonError::Queue(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::Failure;
+
+    fn message(text: &str) -> ReceivedMessage {
+        ReceivedMessage {
+            id: "m-1".into(),
+            pop_receipt: "secret-receipt".into(),
+            text: text.into(),
+            dequeue_count: 5,
+            insertion_time: Some(OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("t")),
+            expiration_time: None,
+        }
+    }
+
+    #[test]
+    fn the_envelope_keeps_the_text_and_says_what_happened() {
+        let reason = PoisonReason::AttemptsExhausted(Failure::Status(500));
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_100).expect("t");
+        let text = envelope("orders", &message("{\"a\": 1}  <&>"), &reason, now);
+        let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(doc["schema"], SCHEMA);
+        assert_eq!(doc["text"], "{\"a\": 1}  <&>");
+        assert_eq!(doc["messageId"], "m-1");
+        assert_eq!(doc["queue"], "orders");
+        assert_eq!(doc["dequeueCount"], 5);
+        assert_eq!(doc["reason"], "attempts_exhausted");
+        assert_eq!(doc["lastStatus"], 500);
+        assert_eq!(doc["lastError"], "HTTP 500");
+        assert_eq!(doc["insertionTime"], "2023-11-14T22:13:20Z");
+        assert_eq!(doc["failedAt"], "2023-11-14T22:15:00Z");
+        assert!(!text.contains("secret-receipt"));
+    }
+
+    #[test]
+    fn an_envelope_over_64_kib_falls_back_to_the_unchanged_text() {
+        let big = "y".repeat(MAX_MESSAGE_BYTES - 10);
+        let reason = PoisonReason::Rejected(Failure::Status(413));
+        let text = envelope("orders", &message(&big), &reason, OffsetDateTime::now_utc());
+        assert_eq!(text, big);
+    }
+}
