@@ -14,6 +14,7 @@ use crate::auth::Credential;
 use azure_core::credentials::Secret;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 use url::Url;
 
@@ -140,6 +141,8 @@ pub struct Config {
     /// How long deliveries in progress may run on after SIGTERM.
     pub shutdown_timeout: Duration,
     pub log: LogConfig,
+    /// The admin server (probes, metrics) and queue-length polling.
+    pub ops: OpsConfig,
 }
 
 /// One documented environment variable: its name, default and meaning. `--help` prints this
@@ -322,6 +325,16 @@ pub const VARIABLES: &[VariableDoc] = &[
         default: "info",
         meaning: "RUST_LOG-style filter, e.g. debug or info,azure_core=debug",
     },
+    VariableDoc {
+        name: "ADMIN_ADDR",
+        default: DEFAULT_ADMIN_ADDR,
+        meaning: "address of the HTTP server for /healthz, /readyz and /metrics; off disables it",
+    },
+    VariableDoc {
+        name: "QUEUE_LENGTH_INTERVAL",
+        default: "30s",
+        meaning: "how often the queue's approximate message count is read for /metrics; 0 disables",
+    },
 ];
 
 impl Config {
@@ -399,6 +412,7 @@ impl Config {
         let shutdown_timeout = env.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(20))?;
 
         let log = log_config(&env)?;
+        let ops = ops_config(&env)?;
 
         Ok(Config {
             storage,
@@ -412,6 +426,7 @@ impl Config {
             retry,
             shutdown_timeout,
             log,
+            ops,
         })
     }
 }
@@ -938,6 +953,128 @@ fn log_config(env: &Env) -> Result<LogConfig, ConfigError> {
     crate::telemetry::validate_filter(&filter)
         .map_err(|reason| ConfigError::new("LOG_LEVEL", reason))?;
     Ok(LogConfig { format, filter })
+}
+
+/// Where the admin server listens unless `ADMIN_ADDR` says otherwise: all interfaces, so the
+/// kubelet and Prometheus can reach it; 9464 is the port OpenTelemetry's Prometheus exporter
+/// uses, so dashboards and scrape configs that expect an exporter there keep working.
+pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9464";
+/// The shortest queue-length polling interval: the count is approximate and cached by the
+/// service, and every call is billed.
+const MIN_QUEUE_LENGTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Operability: the admin HTTP server and queue-length polling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpsConfig {
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; `None` when `ADMIN_ADDR=off`.
+    pub admin_addr: Option<SocketAddr>,
+    /// How often the approximate message count is read; `None` when disabled.
+    pub queue_length_interval: Option<Duration>,
+}
+
+fn ops_config(env: &Env) -> Result<OpsConfig, ConfigError> {
+    let admin_addr = parse_admin_addr(env.get("ADMIN_ADDR").as_deref())?;
+    const QLI: &str = "QUEUE_LENGTH_INTERVAL";
+    let queue_length_interval = match env.get(QLI).as_deref().map(str::trim) {
+        // A bare `0` is accepted here (unlike other durations): "zero disables" is unambiguous.
+        Some("0") => None,
+        _ => match env.duration(QLI, Duration::from_secs(30))? {
+            interval if interval.is_zero() => None,
+            interval if interval < MIN_QUEUE_LENGTH_INTERVAL => {
+                return Err(ConfigError::new(
+                    QLI,
+                    "expected 0 (disabled) or a duration of at least 1s, e.g. 30s",
+                ))
+            }
+            interval => Some(interval),
+        },
+    };
+    Ok(OpsConfig {
+        admin_addr,
+        queue_length_interval,
+    })
+}
+
+/// Parses `ADMIN_ADDR` (unset means [`DEFAULT_ADMIN_ADDR`]). Public because the `healthcheck`
+/// command reads this one variable without validating the whole configuration.
+pub fn parse_admin_addr(raw: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+    let raw = raw.map(str::trim).filter(|raw| !raw.is_empty());
+    match raw {
+        Some(off) if off.eq_ignore_ascii_case("off") => Ok(None),
+        _ => {
+            let raw = raw.unwrap_or(DEFAULT_ADMIN_ADDR);
+            raw.parse::<SocketAddr>().map(Some).map_err(|_| {
+                ConfigError::new(
+                    "ADMIN_ADDR",
+                    format!("expected an address and port such as 0.0.0.0:9464 or [::]:9464, or off, got {raw:?}"),
+                )
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod ops_tests {
+    use super::*;
+
+    fn ops(vars: &[(&'static str, &'static str)]) -> Result<OpsConfig, ConfigError> {
+        let mut all = vec![
+            ("QUEUE_NAME", "orders"),
+            ("ENDPOINT_URL", "http://127.0.0.1:8080/"),
+            (
+                "AZURE_STORAGE_CONNECTION_STRING",
+                "UseDevelopmentStorage=true",
+            ),
+        ];
+        all.extend_from_slice(vars);
+        Config::from_lookup(move |name| {
+            all.iter()
+                .rev()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+        .map(|config| config.ops)
+    }
+
+    fn ops_ok(vars: &[(&'static str, &'static str)]) -> OpsConfig {
+        ops(vars).expect("valid")
+    }
+
+    #[test]
+    fn defaults_serve_on_9464_and_poll_every_30s() {
+        let ops = ops(&[]).expect("valid");
+        assert_eq!(ops.admin_addr, Some(([0, 0, 0, 0], 9464).into()));
+        assert_eq!(ops.queue_length_interval, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn both_can_be_turned_off() {
+        let ops = ops(&[("ADMIN_ADDR", "OFF"), ("QUEUE_LENGTH_INTERVAL", "0")]).expect("valid");
+        assert_eq!(ops.admin_addr, None);
+        assert_eq!(ops.queue_length_interval, None);
+        let ops = ops_ok(&[("QUEUE_LENGTH_INTERVAL", "0s")]);
+        assert_eq!(ops.queue_length_interval, None);
+    }
+
+    #[test]
+    fn addresses_and_intervals_are_validated() {
+        assert_eq!(
+            ops_ok(&[("ADMIN_ADDR", "[::1]:9000")]).admin_addr,
+            Some("[::1]:9000".parse().expect("addr"))
+        );
+        assert_eq!(
+            ops_ok(&[("QUEUE_LENGTH_INTERVAL", "5m")]).queue_length_interval,
+            Some(Duration::from_secs(300))
+        );
+        for bad in ["9464", "localhost:9464", "0.0.0.0", "on"] {
+            let err = ops(&[("ADMIN_ADDR", bad)]).expect_err(bad);
+            assert_eq!(err.variable, "ADMIN_ADDR");
+        }
+        for bad in ["30", "500ms", "soon"] {
+            let err = ops(&[("QUEUE_LENGTH_INTERVAL", bad)]).expect_err(bad);
+            assert_eq!(err.variable, "QUEUE_LENGTH_INTERVAL");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,19 +22,30 @@
 //! - [`shutdown`]: the stop signal every long-running task listens to.
 //! - [`telemetry`]: typed events that write the log line and bump the metric together.
 //! - [`backoff`]: randomized exponential backoff, shared by idle polling and fault handling.
+//! - [`admin`]: the HTTP server for `/healthz`, `/readyz` and `/metrics`.
+//! - [`queue_length`]: the approximate-message-count poll behind the backlog gauge.
+//! - [`check`]: the `check` command (configuration, credentials, queue, endpoint).
+//! - [`healthcheck`]: the `healthcheck` command (the local `/healthz`, for Docker's
+//!   `HEALTHCHECK`).
+//! - [`cli`]: the command line: commands, `--help` (generated from the variable table).
 //! - [`trust`]: custom CA trust (`SSL_CERT_FILE`, `SSL_CERT_DIR`, Knative's `K_CA_CERTS`).
 //!
 //! The binary (`main.rs`) reads the configuration, installs logging, turns SIGTERM/SIGINT into
 //! a shutdown, runs the pump and prints a one-line summary.
 
+pub mod admin;
 pub mod auth;
 pub mod backoff;
+pub mod check;
+pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod event;
+pub mod healthcheck;
 pub mod poison;
 pub mod pump;
 pub mod queue;
+pub mod queue_length;
 pub mod retry;
 pub mod runtime;
 pub mod shutdown;

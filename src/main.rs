@@ -1,10 +1,12 @@
 //! The `azure-queue-sidecar` binary: arguments, configuration, signals, exit codes.
 //!
 //! Exit status: 0 after a clean shutdown, 2 for a configuration or usage error (reported in
-//! one line before any network call), 1 if the sidecar could not start.
+//! one line before any network call), 1 if the sidecar could not start. The `check` and
+//! `healthcheck` commands are described in [`azure_queue_sidecar::cli`].
 
-use azure_queue_sidecar::config::{Config, VARIABLES};
-use azure_queue_sidecar::{runtime, shutdown, telemetry};
+use azure_queue_sidecar::cli::{self, Command};
+use azure_queue_sidecar::config::Config;
+use azure_queue_sidecar::{check, healthcheck, runtime, shutdown, telemetry};
 use std::process::ExitCode;
 use tracing::{error, info};
 
@@ -12,17 +14,19 @@ const USAGE_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        None => run(),
-        Some("-h" | "--help" | "help") => {
-            print!("{}", help());
+    match Command::parse(&args) {
+        Command::Run => run(),
+        Command::Help => {
+            print!("{}", cli::help());
             ExitCode::SUCCESS
         }
-        Some("-V" | "--version" | "version") => {
+        Command::Version => {
             println!("azure-queue-sidecar {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Some(other) => {
+        Command::Check => check::main(),
+        Command::Healthcheck(args) => healthcheck::main(&args),
+        Command::Unknown(other) => {
             eprintln!("azure-queue-sidecar: unknown argument {other:?}; see --help");
             ExitCode::from(USAGE_ERROR)
         }
@@ -82,25 +86,4 @@ fn run() -> ExitCode {
             }
         }
     })
-}
-
-fn help() -> String {
-    let mut out =
-        String::from(concat!(
-        "azure-queue-sidecar ", env!("CARGO_PKG_VERSION"), "\n",
-        "Delivers Azure Storage Queue messages to an HTTP endpoint as CloudEvents.\n",
-        "A message is deleted only after the endpoint answered 2xx.\n\n",
-        "USAGE:\n    azure-queue-sidecar            run the sidecar (configured by environment)\n",
-        "    azure-queue-sidecar --help     this text\n",
-        "    azure-queue-sidecar --version  the version\n\n",
-        "ENVIRONMENT (durations: 500ms, 30s, 5m, 1h, 7d):\n",
-    ));
-    let width = VARIABLES.iter().map(|v| v.name.len()).max().unwrap_or(0);
-    for v in VARIABLES {
-        out.push_str(&format!(
-            "    {:width$}  {} [default: {}]\n",
-            v.name, v.meaning, v.default
-        ));
-    }
-    out
 }

@@ -5,10 +5,12 @@
 //! [`ReceivedMessage`] the rest of the crate can trust, and it classifies failures into
 //! [`QueueErrorKind`]s that the receive loop can act on (back off, report, or treat a lost lease
 //! as someone else's message). Error text is passed through [`redact`] because transport errors
-//! quote request URLs, and SAS tokens travel in URLs.
+//! quote request URLs, and SAS tokens travel in URLs. Every call's latency is reported for the
+//! queue-call histogram.
 
 use crate::auth::secret::{error_chain, redact};
 use crate::auth::Credential;
+use crate::telemetry::events::{InternalEvent, QueueCallCompleted};
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::HeaderName;
 use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, Transport};
@@ -18,8 +20,9 @@ use azure_storage_queue::models::{
 };
 use azure_storage_queue::{QueueClient, QueueClientOptions};
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use url::Url;
 
@@ -317,11 +320,12 @@ impl Queue {
             visibility_timeout: Some(whole_seconds(visibility)),
             ..Default::default()
         };
-        let response = self
-            .client
-            .receive_messages(Some(options))
-            .await
-            .map_err(|e| QueueError::from_sdk(Operation::Receive, e))?;
+        let response = timed(
+            Operation::Receive,
+            self.client.receive_messages(Some(options)),
+        )
+        .await
+        .map_err(|e| QueueError::from_sdk(Operation::Receive, e))?;
         let list = response
             .into_model()
             .map_err(|e| QueueError::from_sdk(Operation::Receive, e))?;
@@ -349,11 +353,13 @@ impl Queue {
 
     /// Delete Message with the message's latest pop receipt.
     pub async fn delete(&self, id: &str, pop_receipt: &str) -> Result<(), QueueError> {
-        self.client
-            .delete_message(id, pop_receipt, None)
-            .await
-            .map(drop)
-            .map_err(|e| QueueError::from_sdk(Operation::Delete, e))
+        timed(
+            Operation::Delete,
+            self.client.delete_message(id, pop_receipt, None),
+        )
+        .await
+        .map(drop)
+        .map_err(|e| QueueError::from_sdk(Operation::Delete, e))
     }
 
     /// Update Message: make the message invisible for `visibility` from now (0 = visible at
@@ -364,11 +370,13 @@ impl Queue {
         pop_receipt: &str,
         visibility: Duration,
     ) -> Result<String, QueueError> {
-        let response = self
-            .client
-            .update_message(id, pop_receipt, whole_seconds(visibility), None)
-            .await
-            .map_err(|e| QueueError::from_sdk(Operation::Update, e))?;
+        let response = timed(
+            Operation::Update,
+            self.client
+                .update_message(id, pop_receipt, whole_seconds(visibility), None),
+        )
+        .await
+        .map_err(|e| QueueError::from_sdk(Operation::Update, e))?;
         response
             .headers()
             .get_optional_string(&POP_RECEIPT)
@@ -395,11 +403,12 @@ impl Queue {
         let content = message
             .try_into()
             .map_err(|e| QueueError::from_sdk(Operation::Send, e))?;
-        let response = self
-            .client
-            .send_message(content, Some(options))
-            .await
-            .map_err(|e| QueueError::from_sdk(Operation::Send, e))?;
+        let response = timed(
+            Operation::Send,
+            self.client.send_message(content, Some(options)),
+        )
+        .await
+        .map_err(|e| QueueError::from_sdk(Operation::Send, e))?;
         let sent = response
             .into_model()
             .and_then(|list| list.into_message())
@@ -410,9 +419,7 @@ impl Queue {
     /// Get Queue Metadata: proves the queue exists and the credential works; returns the
     /// approximate number of messages (visible and invisible).
     pub async fn approximate_message_count(&self) -> Result<u64, QueueError> {
-        let response = self
-            .client
-            .get_properties(None)
+        let response = timed(Operation::Properties, self.client.get_properties(None))
             .await
             .map_err(|e| QueueError::from_sdk(Operation::Properties, e))?;
         let count = response
@@ -439,6 +446,19 @@ impl Queue {
             Err(e) => Err(QueueError::from_sdk(Operation::Create, e)),
         }
     }
+}
+
+/// Awaits one SDK call and reports its latency (successful or not) for the queue-call
+/// histogram.
+async fn timed<F: Future>(operation: Operation, call: F) -> F::Output {
+    let started = Instant::now();
+    let output = call.await;
+    QueueCallCompleted {
+        operation,
+        latency: started.elapsed(),
+    }
+    .emit();
+    output
 }
 
 /// The REST API takes whole seconds; round up so a lease is never shorter than asked.

@@ -2,16 +2,22 @@
 //!
 //! This is the only place that knows how the parts fit together: one reqwest client per
 //! direction (queue, endpoint) on the same HTTP stack, the queue client with its authorization
-//! policy, the event mapper, the deliverer, and the pump.
+//! policy, the event mapper, the deliverer, and the pump; around the pump, the admin server
+//! (probes, metrics) and the queue-length poll.
 
+use crate::admin::{AdminServer, BindError};
 use crate::config::{format_duration, Config};
 use crate::delivery::Deliverer;
 use crate::event::EventMapper;
 use crate::poison::PoisonQueue;
 use crate::pump::{Pump, PumpSettings, Summary};
-use crate::queue::{self, QueueConnector, QueueError};
+use crate::queue::{self, Queue, QueueConnector, QueueError};
+use crate::queue_length;
 use crate::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
+use crate::telemetry::events::{InternalEvent, ShutdownStarted};
+use crate::telemetry::health::{health, stall_limit};
+use crate::telemetry::loggable_url;
 use crate::worker::Worker;
 use tracing::info;
 
@@ -25,6 +31,8 @@ pub enum StartError {
     Http(#[from] reqwest::Error),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Admin(#[from] BindError),
 }
 
 /// Installs the process-wide TLS crypto provider (ring). Idempotent.
@@ -33,13 +41,24 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Builds every part from the configuration, without any network call.
-pub fn build(config: &Config) -> Result<Pump, StartError> {
+/// Queue clients authorized as configured. The pump, the queue-length poll and the `check`
+/// command all get their clients here, so `check` tests exactly what the sidecar will use.
+pub fn connector(config: &Config) -> Result<QueueConnector, StartError> {
     install_crypto_provider();
-    let connector = QueueConnector::new(
+    Ok(QueueConnector::new(
         config.storage.credential.clone(),
         queue::http_client(USER_AGENT)?,
-    );
+    ))
+}
+
+/// A client for the configured queue, without any network call.
+pub fn queue_client(config: &Config) -> Result<Queue, StartError> {
+    Ok(connector(config)?.queue(config.storage.queue_url.clone())?)
+}
+
+/// Builds every part from the configuration, without any network call.
+pub fn build(config: &Config) -> Result<Pump, StartError> {
+    let connector = connector(config)?;
     let queue = connector.queue(config.storage.queue_url.clone())?;
     let deliverer = Deliverer::new(config.endpoint.clone(), config.http_timeout, USER_AGENT)?;
     let poison = PoisonQueue::new(
@@ -60,8 +79,32 @@ pub fn build(config: &Config) -> Result<Pump, StartError> {
 /// Runs the sidecar until `shutdown` fires; returns what it did.
 pub async fn run(config: &Config, shutdown: Shutdown) -> Result<Summary, StartError> {
     let pump = build(config)?;
+    health().set_stall_limit(stall_limit(config.poll.max_interval));
+    // Bound before the pump starts: a port conflict is a start error, not a silent gap.
+    let _admin = match config.ops.admin_addr {
+        Some(addr) => Some(AdminServer::start(addr).await?),
+        None => None,
+    };
+    let queue_length = match config.ops.queue_length_interval {
+        Some(interval) => Some(queue_length::spawn(
+            queue_client(config)?,
+            interval,
+            shutdown.clone(),
+        )),
+        None => None,
+    };
+    let mut stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.wait().await;
+        ShutdownStarted.emit();
+    });
     log_start(config);
-    Ok(pump.run(shutdown).await)
+    let summary = pump.run(shutdown).await;
+    if let Some(task) = queue_length {
+        task.abort();
+    }
+    // The admin server answered through the drain; it stops when `_admin` drops here.
+    Ok(summary)
 }
 
 /// One line with the effective configuration; secrets are reduced to their kind.
@@ -70,7 +113,7 @@ fn log_start(config: &Config) {
         version = env!("CARGO_PKG_VERSION"),
         queue = %config.storage.queue_url,
         auth = config.storage.credential.kind(),
-        endpoint = %config.endpoint,
+        endpoint = %loggable_url(&config.endpoint),
         ce_mode = ?config.event.mode,
         ce_type = %config.event.ce_type,
         ce_source = %config.event.source,
@@ -87,6 +130,14 @@ fn log_start(config: &Config) {
         poison_queue = %config.retry.poison_queue_name,
         create_poison_queue = config.retry.create_poison_queue,
         shutdown_timeout = %format_duration(config.shutdown_timeout),
+        admin_addr = %config
+            .ops
+            .admin_addr
+            .map_or_else(|| "off".to_string(), |addr| addr.to_string()),
+        queue_length_interval = %config
+            .ops
+            .queue_length_interval
+            .map_or_else(|| "off".to_string(), format_duration),
         "azure-queue-sidecar started"
     );
 }

@@ -74,6 +74,43 @@ fn lines_with(sidecar: &Sidecar, message: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Runs a sidecar command (`check`) to completion off the async workers, which keep serving
+/// the token issuer meanwhile.
+async fn command(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env = env.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_to_exit(&args, &env)
+    })
+    .await
+    .expect("command thread")
+}
+
+/// One sample of the sidecar's metrics, e.g. `token_requests_total{...}`; 0 if absent.
+async fn metric(sidecar: &Sidecar, key: &str) -> f64 {
+    let (status, text) = admin_get(sidecar.admin(), "/metrics")
+        .await
+        .expect("metrics answer");
+    assert_eq!(status, 200);
+    parse_metrics(&text)
+        .get(&format!("azure_queue_sidecar_{key}"))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// The line of `check` output about `name` (`ok   credentials: ...`).
+fn check_line<'a>(stdout: &'a str, name: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| {
+            l.get(5..)
+                .is_some_and(|rest| rest.starts_with(&format!("{name}:")))
+        })
+        .unwrap_or_else(|| panic!("no {name} line in:\n{stdout}"))
+}
+
 /// Nothing secret in anything the sidecar printed.
 fn assert_no_secrets(sidecar: &Sidecar, secrets: &[String]) {
     let text = sidecar.output.text();
@@ -108,6 +145,10 @@ async fn workload_identity_delivers_with_bearer_tokens_and_follows_token_rotatio
 
     let start = &lines_with(&sidecar, "azure-queue-sidecar started")[0];
     assert_eq!(start["auth"], "workload-identity");
+    let ready = wait_for_status(sidecar.admin(), "/readyz", 200, WAIT).await;
+    assert_eq!(ready, Some((200, "ok: ready\n".into())));
+    let acquired = r#"token_requests_total{identity="workload-identity",outcome="acquired"}"#;
+    assert!(metric(&sidecar, acquired).await >= 1.0);
     let exchanges = issuer.requests();
     let exchange = &exchanges[0];
     assert_eq!(exchange.method, "POST");
@@ -147,9 +188,20 @@ async fn workload_identity_delivers_with_bearer_tokens_and_follows_token_rotatio
         .iter()
         .all(|r| r.form.get("client_assertion") == Some(&second)));
 
+    // `check` uses the same identity: the credentials line says which one was accepted.
+    let (code, stdout, stderr) = command(&["check"], &env).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        check_line(&stdout, "credentials").contains("workload-identity accepted"),
+        "{stdout}"
+    );
+
     let mut secrets = issuer.issued();
     secrets.extend([first, second]);
     assert_no_secrets(&sidecar, &secrets);
+    for secret in &secrets {
+        assert!(!stdout.contains(secret.as_str()) && !stderr.contains(secret.as_str()));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,6 +329,18 @@ async fn a_token_for_the_wrong_audience_is_refused_with_the_reason_then_recovers
         0,
         "nothing delivered with a refused token"
     );
+    let not_ready = wait_for_status(sidecar.admin(), "/readyz", 503, WAIT).await;
+    assert_eq!(
+        not_ready,
+        Some((503, "queue receive failed: unauthorized\n".into()))
+    );
+    let (code, stdout, _) = command(&["check"], &env).await;
+    assert_eq!(code, 1, "{stdout}");
+    let line = check_line(&stdout, "credentials");
+    assert!(
+        line.starts_with("FAIL") && line.contains("Invalid token audience"),
+        "{stdout}"
+    );
     assert_eq!(
         lines_with(&sidecar, "queue call failed")
             .iter()
@@ -290,6 +354,8 @@ async fn a_token_for_the_wrong_audience_is_refused_with_the_reason_then_recovers
     issuer.set_audience(STORAGE_AUDIENCE);
     endpoint.wait_for(1, WAIT).await;
     assert!(!lines_with(&sidecar, "queue reachable again").is_empty());
+    let ready = wait_for_status(sidecar.admin(), "/readyz", 200, WAIT).await;
+    assert_eq!(ready.map(|a| a.0), Some(200));
     assert_no_secrets(&sidecar, &issuer.issued());
 }
 
@@ -344,6 +410,18 @@ async fn token_endpoint_failures_are_retried_with_backoff_reported_once_and_reco
         error.contains("the test issuer is down"),
         "the token endpoint's reason reaches the queue error: {error}"
     );
+    let not_ready = wait_for_status(sidecar.admin(), "/readyz", 503, WAIT).await;
+    assert_eq!(
+        not_ready,
+        Some((503, "queue receive failed: token_unavailable\n".into()))
+    );
+    let failed = r#"token_requests_total{identity="workload-identity",outcome="failed"}"#;
+    assert!(metric(&sidecar, failed).await >= 1.0);
+    let refused = r#"token_endpoint_errors_total{identity="workload-identity",status="503"}"#;
+    assert!(
+        metric(&sidecar, refused).await >= 7.0,
+        "every retry is counted"
+    );
     // Keep failing through at least one more full round of retries.
     let more = wait_until(WAIT, || issuer.requests().len() >= before + 8).await;
     assert!(more, "the sidecar keeps asking, with backoff");
@@ -367,6 +445,8 @@ async fn token_endpoint_failures_are_retried_with_backoff_reported_once_and_reco
     })
     .await;
     assert!(recovered, "{}", sidecar.output.text());
+    let ready = wait_for_status(sidecar.admin(), "/readyz", 200, WAIT).await;
+    assert_eq!(ready.map(|a| a.0), Some(200));
     assert_no_secrets(&sidecar, &issuer.issued());
 }
 

@@ -2,13 +2,19 @@
 //!
 //! Fields are stable names (`message_id`, `dequeue_count`, `outcome`, `status`, `latency_ms`) so
 //! that log queries keep working. Nothing here ever receives a pop receipt, key or SAS.
+//!
+//! Some events also feed the probes' state in [`super::health`]: the heartbeat, the queue's
+//! answers and the endpoint pause decide liveness and readiness, so the probes cannot disagree
+//! with the logs.
 
+use super::health::{health, EndpointTransition, Probe, QueueTransition};
 use super::metrics::metrics;
 use crate::delivery::{Failure, Outcome};
 use crate::poison::PoisonError;
 use crate::queue::{Operation, QueueError};
 use crate::retry::PoisonReason;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 /// Something that happened, worth a log line and a metric.
@@ -28,6 +34,9 @@ pub struct ReceiveSucceeded {
 
 impl InternalEvent for ReceiveSucceeded {
     fn emit(self) {
+        if health().queue_answered() == QueueTransition::FirstAnswer {
+            info!("the queue answered; ready");
+        }
         if self.count > 0 {
             MessagesReceived { count: self.count }.emit();
         }
@@ -39,7 +48,9 @@ impl InternalEvent for ReceiveSucceeded {
 pub struct PumpHeartbeat;
 
 impl InternalEvent for PumpHeartbeat {
-    fn emit(self) {}
+    fn emit(self) {
+        health().heartbeat(Instant::now());
+    }
 }
 
 /// A Get Messages call returned messages.
@@ -52,6 +63,22 @@ impl InternalEvent for MessagesReceived {
         debug!(count = self.count, "received messages");
         metrics().messages_received.inc_by(self.count as u64);
     }
+}
+
+/// The log line of a failed delivery, at a level chosen by the caller.
+macro_rules! delivery_failed {
+    ($level:expr, $event:ident, $status:ident, $failure:ident) => {
+        tracing::event!(
+            $level,
+            message_id = $event.message_id,
+            dequeue_count = $event.dequeue_count,
+            outcome = $event.outcome.label(),
+            status = %$status,
+            latency_ms = millis($event.latency),
+            error = %$failure.describe(),
+            "delivery failed"
+        )
+    };
 }
 
 /// One delivery attempt finished, whatever its outcome.
@@ -94,17 +121,26 @@ impl InternalEvent for DeliveryAttempted<'_> {
                     latency_ms = millis(self.latency),
                     "delivered"
                 );
+                if let EndpointTransition::Recovered { failures } = health().endpoint_delivered() {
+                    info!(
+                        failed_attempts = failures,
+                        "the endpoint accepts deliveries again"
+                    );
+                }
             }
-            Outcome::Retryable { failure, .. } | Outcome::Permanent { failure } => {
-                warn!(
-                    message_id = self.message_id,
-                    dequeue_count = self.dequeue_count,
-                    outcome = self.outcome.label(),
-                    status = %status,
-                    latency_ms = millis(self.latency),
-                    error = %failure.describe(),
-                    "delivery failed"
-                );
+            // A failing or overloaded endpoint fails every message the same way: one warning
+            // when that starts, the repeats at debug level, one line when it recovers.
+            Outcome::Retryable { failure, .. } => {
+                match health().endpoint_failed(&failure.label()) {
+                    EndpointTransition::NewFailure => {
+                        delivery_failed!(tracing::Level::WARN, self, status, failure)
+                    }
+                    _ => delivery_failed!(tracing::Level::DEBUG, self, status, failure),
+                }
+            }
+            // A permanent failure is about this message, not the endpoint's state.
+            Outcome::Permanent { failure } => {
+                delivery_failed!(tracing::Level::WARN, self, status, failure)
             }
         }
     }
@@ -119,6 +155,7 @@ impl InternalEvent for MessageDeleted<'_> {
     fn emit(self) {
         debug!(message_id = self.message_id, "deleted");
         metrics().messages_deleted.inc();
+        health().queue_answered();
     }
 }
 
@@ -160,6 +197,7 @@ impl InternalEvent for QueueCallFailed<'_> {
                 ("kind", self.error.kind.as_str().to_string()),
             ])
             .inc();
+        health().queue_failed(self.error.operation, self.error.kind);
         if !self.report {
             return;
         }
@@ -250,6 +288,7 @@ impl InternalEvent for RetryScheduled<'_> {
             .retries
             .get_or_create(&vec![("failure", self.failure.label())])
             .inc();
+        health().queue_answered();
     }
 }
 
@@ -313,6 +352,7 @@ impl InternalEvent for LeaseRenewed<'_> {
     fn emit(self) {
         debug!(message_id = self.message_id, "lease renewed");
         metrics().lease_renewals.inc();
+        health().queue_answered();
     }
 }
 
@@ -357,6 +397,7 @@ impl InternalEvent for EndpointDown<'_> {
             error = self.last_error,
             "endpoint unreachable: receiving paused, probing the endpoint with backoff"
         );
+        health().receiving_paused(true);
     }
 }
 
@@ -371,6 +412,7 @@ impl InternalEvent for EndpointUp {
             paused_ms = millis(self.paused_for),
             "endpoint reachable again: receiving resumed"
         );
+        health().receiving_paused(false);
     }
 }
 
@@ -386,6 +428,136 @@ impl InternalEvent for DrainFinished {
             warn!(
                 released = self.released,
                 "SHUTDOWN_TIMEOUT reached: deliveries still running were cut off and their messages released"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operability: queue calls, queue length, shutdown, the admin server.
+// ---------------------------------------------------------------------------------------------
+
+/// A queue call finished, successfully or not (failures are also reported by the caller,
+/// which knows what they mean).
+pub struct QueueCallCompleted {
+    pub operation: Operation,
+    pub latency: Duration,
+}
+
+impl InternalEvent for QueueCallCompleted {
+    fn emit(self) {
+        metrics()
+            .queue_call_seconds
+            .get_or_create(&vec![("operation", self.operation.as_str().to_string())])
+            .observe(self.latency.as_secs_f64());
+    }
+}
+
+/// The queue's approximate message count was read.
+pub struct QueueLengthObserved {
+    pub count: u64,
+}
+
+impl InternalEvent for QueueLengthObserved {
+    fn emit(self) {
+        debug!(approximate_messages = self.count, "queue length");
+        metrics()
+            .queue_messages
+            .set(i64::try_from(self.count).unwrap_or(i64::MAX));
+    }
+}
+
+/// Reading the queue length failed. `report` is true for the first failure that is specific to
+/// the properties call (the receive path works meanwhile, typically a missing permission);
+/// failures the receive loop also meets are already reported by it and stay at debug level.
+/// The gauge keeps its last value.
+pub struct QueueLengthFailed<'a> {
+    pub error: &'a QueueError,
+    pub report: bool,
+}
+
+impl InternalEvent for QueueLengthFailed<'_> {
+    fn emit(self) {
+        metrics()
+            .queue_errors
+            .get_or_create(&vec![
+                ("operation", self.error.operation.as_str().to_string()),
+                ("kind", self.error.kind.as_str().to_string()),
+            ])
+            .inc();
+        if self.report {
+            warn!(
+                operation = self.error.operation.as_str(),
+                status = self.error.status,
+                code = self.error.code.as_deref(),
+                error = %self.error,
+                hint = "reading the queue length needs the SAS 'r' permission or a role that can read queue metadata; QUEUE_LENGTH_INTERVAL=0 turns the poll off",
+                "queue length unavailable; deliveries are not affected"
+            );
+        } else {
+            debug!(error = %self.error, "queue length unavailable");
+        }
+    }
+}
+
+/// The queue length can be read again after a reported failure.
+pub struct QueueLengthRecovered;
+
+impl InternalEvent for QueueLengthRecovered {
+    fn emit(self) {
+        info!("queue length available again");
+    }
+}
+
+/// Shutdown began: readiness turns off, liveness stops watching the loop.
+pub struct ShutdownStarted;
+
+impl InternalEvent for ShutdownStarted {
+    fn emit(self) {
+        health().shutting_down();
+        debug!("readiness now reports shutting down");
+    }
+}
+
+/// The admin server listens.
+pub struct AdminServerStarted {
+    pub addr: SocketAddr,
+}
+
+impl InternalEvent for AdminServerStarted {
+    fn emit(self) {
+        info!(
+            admin_addr = %self.addr,
+            "serving /healthz, /readyz and /metrics"
+        );
+    }
+}
+
+/// An admin connection failed (a client hung up, sent garbage or was too slow). Not a fault of
+/// the sidecar; debug level only.
+pub struct AdminConnectionFailed<'a> {
+    pub error: &'a (dyn std::error::Error + 'static),
+}
+
+impl InternalEvent for AdminConnectionFailed<'_> {
+    fn emit(self) {
+        debug!(error = %self.error, "admin connection failed");
+    }
+}
+
+/// The liveness probe's answer changed.
+pub struct LivenessChanged<'a> {
+    pub probe: &'a Probe,
+}
+
+impl InternalEvent for LivenessChanged<'_> {
+    fn emit(self) {
+        if self.probe.ok {
+            info!(reason = %self.probe.reason, "liveness passes again");
+        } else {
+            error!(
+                reason = %self.probe.reason,
+                "liveness failing: the receive loop is stuck; the kubelet will restart the container"
             );
         }
     }

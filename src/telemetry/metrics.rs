@@ -8,13 +8,18 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::sync::OnceLock;
 
 /// Label pairs of a metric family.
 pub type Labels = Vec<(&'static str, String)>;
 
-/// Every metric the sidecar exports.
+/// A histogram family's constructor (a plain function, so the family's type can be named).
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Every metric the sidecar exports. Counters are exported with the OpenMetrics `_total`
+/// suffix, e.g. `azure_queue_sidecar_messages_received_total`.
 pub struct Metrics {
     registry: Registry,
     pub messages_received: Counter,
@@ -29,8 +34,19 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub delivery_seconds: Histogram,
     pub message_age_seconds: Histogram,
+    /// Queue call latency by operation, failures included.
+    pub queue_call_seconds: HistogramFamily,
+    /// The queue's approximate message count, visible and invisible.
+    pub queue_messages: Gauge,
+    /// Microsoft Entra ID token requests by identity and outcome.
     pub token_requests: Family<Labels, Counter>,
+    /// Failed token endpoint calls by identity and status.
     pub token_endpoint_errors: Family<Labels, Counter>,
+}
+
+/// Queue call latency buckets: 1 ms .. ~65 s.
+fn queue_call_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
 impl Metrics {
@@ -51,6 +67,8 @@ impl Metrics {
             delivery_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             // 10 ms .. ~3 days
             message_age_seconds: Histogram::new(exponential_buckets(0.01, 4.0, 14)),
+            queue_call_seconds: Family::new_with_constructor(queue_call_histogram),
+            queue_messages: Gauge::default(),
             token_requests: Family::default(),
             token_endpoint_errors: Family::default(),
             registry: Registry::default(),
@@ -115,20 +133,44 @@ impl Metrics {
             "Time from enqueue to successful delivery",
             metrics.message_age_seconds.clone(),
         );
-        registry.register(
-            "token_requests",
-            "Microsoft Entra ID token requests by identity and outcome (acquired, failed)",
-            metrics.token_requests.clone(),
-        );
-        registry.register(
-            "token_endpoint_errors",
-            "Failed token endpoint calls (each retry counts) by identity and status",
-            metrics.token_endpoint_errors.clone(),
-        );
+        metrics.register_operability(&mut registry);
+        metrics.register_identity(&mut registry);
         Self {
             registry,
             ..metrics
         }
+    }
+
+    /// Registers the queue-call latency, the queue length and the build info.
+    fn register_operability(&self, registry: &mut Registry) {
+        registry.register(
+            "queue_call_duration_seconds",
+            "Queue service call latency by operation, failures included",
+            self.queue_call_seconds.clone(),
+        );
+        registry.register(
+            "queue_approximate_messages",
+            "The queue's approximate message count (visible and invisible), polled every QUEUE_LENGTH_INTERVAL",
+            self.queue_messages.clone(),
+        );
+        registry.register(
+            "build",
+            "The sidecar's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+    }
+
+    fn register_identity(&self, registry: &mut Registry) {
+        registry.register(
+            "token_requests",
+            "Microsoft Entra ID token requests by identity and outcome (acquired, failed)",
+            self.token_requests.clone(),
+        );
+        registry.register(
+            "token_endpoint_errors",
+            "Failed token endpoint calls (each retry counts) by identity and status",
+            self.token_endpoint_errors.clone(),
+        );
     }
 
     /// The Prometheus text exposition of every metric.

@@ -2,13 +2,39 @@
 //!
 //! Every observable happening in the sidecar is one type in [`events`]; emitting it writes the
 //! log line and bumps the metric together, so logs and metrics cannot disagree (the pattern of
-//! vector's `internal_events`). [`metrics`] holds the Prometheus registry.
+//! vector's `internal_events`). [`metrics`] holds the Prometheus registry, [`health`] the state
+//! behind the liveness and readiness probes.
 
 pub mod events;
+pub mod health;
 pub mod metrics;
 
 use crate::config::{LogConfig, LogFormat};
 use tracing_subscriber::EnvFilter;
+use url::Url;
+
+/// A URL fit for logs and `check` output: the password and every query value are replaced,
+/// because an endpoint URL may carry basic-auth credentials or a key (Azure Functions'
+/// `?code=`). Names stay, so the shape of the URL can still be checked.
+pub fn loggable_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        // Only fails for URLs that cannot have credentials, which have no password either.
+        let _ = shown.set_password(Some("REDACTED"));
+    }
+    if shown.query().is_some() {
+        let names: Vec<String> = url
+            .query_pairs()
+            .map(|(name, _)| name.into_owned())
+            .collect();
+        let mut query = shown.query_pairs_mut();
+        query.clear();
+        for name in &names {
+            query.append_pair(name, "REDACTED");
+        }
+    }
+    shown.to_string()
+}
 
 /// Quiets the SDK's and HTTP stack's own per-request logs, which duplicate ours (we log once
 /// per state change) and, at debug level, quote request details. A user's `LOG_LEVEL` may
@@ -46,4 +72,23 @@ pub fn init(config: &LogConfig) {
     };
     // Already installed (tests run several sidecars in one process): keep the first.
     drop(result);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loggable_url;
+    use url::Url;
+
+    #[test]
+    fn urls_lose_passwords_and_query_values() {
+        let url =
+            Url::parse("https://user:hunter2@app.example/api/events?code=SECRET&x=1").expect("url");
+        let shown = loggable_url(&url);
+        assert_eq!(
+            shown,
+            "https://user:REDACTED@app.example/api/events?code=REDACTED&x=REDACTED"
+        );
+        let plain = Url::parse("http://127.0.0.1:8080/events").expect("url");
+        assert_eq!(loggable_url(&plain), "http://127.0.0.1:8080/events");
+    }
 }

@@ -466,6 +466,8 @@ impl Drop for Endpoint {
 pub struct Sidecar {
     child: Child,
     pub output: Output,
+    /// Where its admin server listens (`host:port`), unless `ADMIN_ADDR=off`.
+    pub admin_addr: Option<String>,
 }
 
 impl Sidecar {
@@ -485,7 +487,17 @@ impl Sidecar {
         ]
     }
 
+    /// Starts the sidecar. Without an `ADMIN_ADDR` in `env` it gets a free loopback port of
+    /// its own (the default 9464 would be shared by every sidecar of the test run); see
+    /// [`Sidecar::admin`].
     pub fn spawn(env: &[(String, String)]) -> Self {
+        let mut env = env.to_vec();
+        if env_value(&env, "ADMIN_ADDR").is_none() {
+            env.push(("ADMIN_ADDR".into(), format!("127.0.0.1:{}", free_port())));
+        }
+        let admin_addr = env_value(&env, "ADMIN_ADDR")
+            .filter(|addr| !addr.eq_ignore_ascii_case("off"))
+            .map(str::to_string);
         let mut command = Command::new(env!("CARGO_BIN_EXE_azure-queue-sidecar"));
         command
             .env_clear()
@@ -497,7 +509,16 @@ impl Sidecar {
         let output = Output::default();
         output.capture(child.stdout.take().expect("stdout"));
         output.capture(child.stderr.take().expect("stderr"));
-        Self { child, output }
+        Self {
+            child,
+            output,
+            admin_addr,
+        }
+    }
+
+    /// The admin server's `host:port`; panics if it was turned off.
+    pub fn admin(&self) -> &str {
+        self.admin_addr.as_deref().expect("the admin server is on")
     }
 
     pub fn pid(&self) -> u32 {
@@ -754,6 +775,56 @@ impl Drop for ThrottlingProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The value of `name` in a sidecar environment.
+pub fn env_value<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// GETs `path` from the admin server at `addr` (`host:port`); the status and body, or `None`
+/// if nothing answered.
+pub async fn admin_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.unwrap_or_default()))
+}
+
+/// Waits until `path` on the admin server answers `status`; the last answer either way.
+pub async fn wait_for_status(
+    addr: &str,
+    path: &str,
+    status: u16,
+    timeout: Duration,
+) -> Option<(u16, String)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let answer = admin_get(addr, path).await;
+        if answer.as_ref().is_some_and(|(s, _)| *s == status) || Instant::now() >= deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Samples of a Prometheus/OpenMetrics text exposition, keyed by `name{labels}` exactly as
+/// written (comments and `# EOF` skipped).
+pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Microsoft Entra ID test parts (HTTPS Azurite, token issuer, private CA).

@@ -1,0 +1,292 @@
+//! The admin HTTP server: `/healthz`, `/readyz` and `/metrics` on `ADMIN_ADDR`.
+//!
+//! It is the hyper that reqwest already brings (server half switched on), HTTP/1.1 only: the
+//! kubelet, Docker and Prometheus all speak it, and a second web stack would cost size for
+//! nothing. It runs on the sidecar's single runtime thread, next to the pump, which is what a
+//! liveness probe should test: if the runtime is blocked, the probe times out.
+//!
+//! The answers come from [`crate::telemetry::health`] and [`crate::telemetry::metrics`]; the
+//! server holds no state of its own. Each probe answers in plain text with a short reason, so
+//! `kubectl describe pod` and `curl` show why a probe fails.
+//!
+//! Hardening for a port that may be reachable from the whole cluster: only `GET`/`HEAD`, a
+//! bounded number of connections, a timeout on reading request headers and a maximum
+//! connection age, and nothing secret in any answer (metrics carry counts and labels only).
+
+use crate::telemetry::events::LivenessChanged;
+use crate::telemetry::events::{AdminConnectionFailed, AdminServerStarted, InternalEvent};
+use crate::telemetry::health::{health, Health, Probe};
+use crate::telemetry::metrics::metrics;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Connections served at once; more are closed at once. Probes and scrapes need a handful.
+const MAX_CONNECTIONS: usize = 32;
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// After this long a keep-alive connection is closed (gracefully), so idle clients cannot hold
+/// all the connection slots forever.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+
+/// The OpenMetrics text format that `prometheus-client` writes (Prometheus scrapes it).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The admin server could not listen on `ADMIN_ADDR`.
+#[derive(Debug, thiserror::Error)]
+#[error("ADMIN_ADDR {addr}: cannot listen ({source}); choose a free port or set ADMIN_ADDR=off")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The running server. Stops when dropped.
+#[derive(Debug)]
+pub struct AdminServer {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Binds `addr` and serves in a background task. Binding happens here, before the pump
+    /// starts, so a port conflict stops the sidecar at once with a clear message.
+    pub async fn start(addr: SocketAddr) -> Result<Self, BindError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| BindError { addr, source })?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        AdminServerStarted { addr }.emit();
+        Ok(Self {
+            addr,
+            task: tokio::spawn(serve(listener)),
+        })
+    }
+
+    /// Where the server listens (the real port when `ADMIN_ADDR` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        // Dropping the accept loop drops its JoinSet, which aborts every open connection.
+        self.task.abort();
+    }
+}
+
+async fn serve(listener: TcpListener) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: wait a moment instead of spinning.
+                AdminConnectionFailed { error: &error }.emit();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue; // Too many connections: this one is closed by the drop.
+        };
+        connections.spawn(async move {
+            serve_connection(stream).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn serve_connection(stream: TcpStream) {
+    let service = service_fn(|request: Request<Incoming>| async move {
+        Ok::<_, Infallible>(respond(
+            request.method(),
+            request.uri().path(),
+            health(),
+            Instant::now(),
+        ))
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(HEADER_READ_TIMEOUT, connection.as_mut()).await {
+                Ok(result) => result,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    if let Err(error) = result {
+        AdminConnectionFailed { error: &error }.emit();
+    }
+}
+
+/// The answer to one request. Pure apart from reading the metrics registry, so the routes are
+/// unit-tested without a socket.
+pub fn respond(
+    method: &Method,
+    path: &str,
+    health: &Health,
+    now: Instant,
+) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match path {
+        "/healthz" | "/livez" => {
+            let (probe, changed) = health.liveness(now);
+            if changed {
+                LivenessChanged { probe: &probe }.emit();
+            }
+            probe_answer(&probe)
+        }
+        "/readyz" => probe_answer(&health.readiness()),
+        "/metrics" => {
+            let mut response = Response::new(Full::new(Bytes::from(metrics().render())));
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        "/" => text(
+            StatusCode::OK,
+            concat!(
+                "azure-queue-sidecar ",
+                env!("CARGO_PKG_VERSION"),
+                "\n/healthz  liveness\n/readyz   readiness\n/metrics  Prometheus metrics\n"
+            ),
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /healthz, /readyz or /metrics\n",
+        ),
+    }
+}
+
+/// `200 ok: <reason>` or `503 <reason>`.
+fn probe_answer(probe: &Probe) -> Response<Full<Bytes>> {
+    if probe.ok {
+        text(StatusCode::OK, format!("ok: {}\n", probe.reason))
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", probe.reason),
+        )
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(TEXT));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{Operation, QueueErrorKind};
+    use http_body_util::BodyExt;
+
+    async fn body(response: Response<Full<Bytes>>) -> String {
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[tokio::test]
+    async fn probes_answer_with_status_and_reason() {
+        let now = Instant::now();
+        let health = Health::new(now);
+        let ready = respond(&Method::GET, "/readyz", &health, now);
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body(ready).await.contains("waiting for the first answer"));
+
+        health.queue_answered();
+        let ready = respond(&Method::GET, "/readyz", &health, now);
+        assert_eq!(ready.status(), StatusCode::OK);
+        assert_eq!(body(ready).await, "ok: ready\n");
+
+        health.queue_failed(Operation::Receive, QueueErrorKind::Unauthorized);
+        let ready = respond(&Method::HEAD, "/readyz", &health, now);
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body(ready).await, "queue receive failed: unauthorized\n");
+
+        let live = respond(&Method::GET, "/healthz", &health, now);
+        assert_eq!(live.status(), StatusCode::OK);
+        health.set_stall_limit(Duration::from_secs(1));
+        let live = respond(
+            &Method::GET,
+            "/healthz",
+            &health,
+            now + Duration::from_secs(5),
+        );
+        assert_eq!(live.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body(live).await.contains("stalled"));
+    }
+
+    #[tokio::test]
+    async fn metrics_use_the_openmetrics_text_format() {
+        let health = Health::new(Instant::now());
+        let response = respond(&Method::GET, "/metrics", &health, Instant::now());
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[CONTENT_TYPE], OPENMETRICS);
+        let text = body(response).await;
+        assert!(text.contains("# TYPE azure_queue_sidecar_messages_received counter"));
+        assert!(text.contains("azure_queue_sidecar_build_info{version="));
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn other_paths_and_methods_are_refused() {
+        let health = Health::new(Instant::now());
+        let now = Instant::now();
+        assert_eq!(
+            respond(&Method::GET, "/nope", &health, now).status(),
+            StatusCode::NOT_FOUND
+        );
+        let post = respond(&Method::POST, "/readyz", &health, now);
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(post.headers()[ALLOW], "GET, HEAD");
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_is_a_clear_start_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let error = AdminServer::start(addr).await.expect_err("port in use");
+        let message = error.to_string();
+        assert!(message.starts_with("ADMIN_ADDR 127.0.0.1:"), "{message}");
+        assert!(message.contains("ADMIN_ADDR=off"), "{message}");
+    }
+}
