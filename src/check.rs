@@ -224,6 +224,7 @@ async fn check_poison_queue(config: &Config) -> Check {
             if matches!(
                 error.kind,
                 QueueErrorKind::Unauthorized
+                    | QueueErrorKind::TokenUnavailable
                     | QueueErrorKind::Unreachable
                     | QueueErrorKind::Throttled
             ) =>
@@ -297,6 +298,12 @@ fn queue_report(queue: &Queue, auth: &str, result: Result<u64, Option<QueueError
             service(Status::Fail, format!("{url}: {described}")),
             skip_credentials(),
             skip_queue("the queue service did not answer"),
+        ],
+        // No request reached the queue service: the identity could not get a token.
+        QueueErrorKind::TokenUnavailable => vec![
+            service(Status::Skip, format!("{url}: not called without an access token")),
+            credentials(Status::Fail, described),
+            skip_queue("no access token"),
         ],
         QueueErrorKind::MessageGone | QueueErrorKind::Other => vec![
             answered,

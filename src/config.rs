@@ -9,6 +9,7 @@
 //! the `Debug` output of this module's types.
 
 use crate::auth::connection_string::{self, ConnectionString};
+use crate::auth::entra;
 use crate::auth::Credential;
 use azure_core::credentials::Secret;
 use std::collections::BTreeMap;
@@ -180,6 +181,46 @@ pub const VARIABLES: &[VariableDoc] = &[
         meaning: "queue service URL (Azurite: http://127.0.0.1:10001/devstoreaccount1)",
     },
     VariableDoc {
+        name: "AZURE_STORAGE_AUTH",
+        default: "automatic",
+        meaning: "force key, sas, workload-identity or managed-identity (automatic: a key or SAS if given, else workload identity if AZURE_FEDERATED_TOKEN_FILE is set, else managed identity)",
+    },
+    VariableDoc {
+        name: "AZURE_FEDERATED_TOKEN_FILE",
+        default: "-",
+        meaning: "workload identity: the projected service account token, re-read at every token request (set by the AKS webhook)",
+    },
+    VariableDoc {
+        name: "AZURE_CLIENT_ID",
+        default: "-",
+        meaning: "workload identity: the application (client) ID; managed identity: selects a user-assigned identity",
+    },
+    VariableDoc {
+        name: "AZURE_TENANT_ID",
+        default: "-",
+        meaning: "workload identity: the Microsoft Entra tenant ID",
+    },
+    VariableDoc {
+        name: "AZURE_AUTHORITY_HOST",
+        default: "https://login.microsoftonline.com",
+        meaning: "workload identity: the https token authority (sovereign clouds)",
+    },
+    VariableDoc {
+        name: "IDENTITY_ENDPOINT",
+        default: "IMDS",
+        meaning: "managed identity endpoint with IDENTITY_HEADER (App Service, Container Apps); unset: the VM instance metadata service",
+    },
+    VariableDoc {
+        name: "SSL_CERT_FILE",
+        default: "system bundle",
+        meaning: "PEM bundle of trusted CAs, replacing the system store (SSL_CERT_DIR: directories of PEM files, in addition)",
+    },
+    VariableDoc {
+        name: "K_CA_CERTS",
+        default: "-",
+        meaning: "PEM CA certificates trusted for the endpoint only, in addition to the others (Knative)",
+    },
+    VariableDoc {
         name: "QUEUE_NAME",
         default: "required",
         meaning: "the queue to consume (never created by the sidecar)",
@@ -323,6 +364,7 @@ impl Config {
         validate_queue_name(&queue_name)?;
         let storage = storage_config(&env, queue_name)?;
         let endpoint = endpoint(&env)?;
+        crate::trust::validate(&|name: &str| env.get(name))?;
         let event = event_config(&env, &storage)?;
 
         let batch_size = env.parse_range("BATCH_SIZE", 32, 1, MAX_BATCH_SIZE)?;
@@ -522,8 +564,17 @@ fn check_queue_name(variable: &'static str, name: &str) -> Result<(), ConfigErro
 /// Resolves the account, endpoint and credential from either the connection string or the
 /// az-CLI-style variables. Two sources at once is an error: silently preferring one would hide
 /// a stale Secret.
+///
+/// Selection: a key or SAS (in the connection string or the variables) wins; with neither, an
+/// account or endpoint means a Microsoft Entra ID identity — workload identity if
+/// `AZURE_FEDERATED_TOKEN_FILE` is set, a managed identity otherwise. `AZURE_STORAGE_AUTH`
+/// forces one of the four and names whatever input it lacks.
 fn storage_config(env: &Env, queue_name: String) -> Result<StorageConfig, ConfigError> {
     const CS: &str = "AZURE_STORAGE_CONNECTION_STRING";
+    let mode = env
+        .get(entra::AUTH_VARIABLE)
+        .map(|raw| entra::AuthMode::parse(&raw))
+        .transpose()?;
     let connection_string = env.get(CS);
     let account = env
         .get("AZURE_STORAGE_ACCOUNT")
@@ -535,7 +586,62 @@ fn storage_config(env: &Env, queue_name: String) -> Result<StorageConfig, Config
         .map(|raw| parse_service_url(&raw))
         .transpose()?;
 
-    let (service_url, credential) = if let Some(raw) = connection_string {
+    let no_secret = connection_string.is_none() && key.is_none() && sas.is_none();
+    let identity_wanted = match mode {
+        Some(mode) => mode.is_identity(),
+        None => {
+            no_secret
+                && (account.is_some()
+                    || endpoint_override.is_some()
+                    || env.get("AZURE_FEDERATED_TOKEN_FILE").is_some())
+        }
+    };
+    let (service_url, credential) = if identity_wanted {
+        // A forced identity with a secret still configured: refuse, so a stale key or SAS
+        // cannot linger unnoticed next to the identity that replaced it.
+        let leftover = [
+            (CS, connection_string.is_some()),
+            ("AZURE_STORAGE_KEY", key.is_some()),
+            ("AZURE_STORAGE_SAS_TOKEN", sas.is_some()),
+        ];
+        if let Some((variable, _)) = leftover.into_iter().find(|(_, set)| *set) {
+            return Err(ConfigError::new(
+                variable,
+                format!(
+                    "is set, but {}={} does not use it; remove it",
+                    entra::AUTH_VARIABLE,
+                    mode.map_or("", entra::AuthMode::as_str)
+                ),
+            ));
+        }
+        let identity = entra::identity_from_env(&|name: &str| env.get(name), mode)?;
+        let service_url = match (endpoint_override, account) {
+            (Some(url), _) if url.scheme() != "https" => {
+                return Err(ConfigError::new(
+                    "AZURE_STORAGE_QUEUE_ENDPOINT",
+                    format!(
+                        "expected an https URL: {} tokens are only sent over TLS",
+                        identity.kind()
+                    ),
+                ))
+            }
+            (Some(url), _) => url,
+            (None, Some(account)) => {
+                validate_account_name(&account)?;
+                parse_service_url(&format!("https://{account}.queue.core.windows.net"))?
+            }
+            (None, None) => {
+                let kind = identity.kind();
+                return Err(ConfigError::new(
+                    "AZURE_STORAGE_ACCOUNT",
+                    format!(
+                        "not set; {kind} needs the account name, or AZURE_STORAGE_QUEUE_ENDPOINT"
+                    ),
+                ));
+            }
+        };
+        (service_url, Credential::token(identity))
+    } else if let Some(raw) = connection_string {
         if account.is_some() || key.is_some() || sas.is_some() {
             return Err(ConfigError::new(
                 CS,
@@ -561,6 +667,7 @@ fn storage_config(env: &Env, queue_name: String) -> Result<StorageConfig, Config
                 ))
             }
         };
+        entra::check_forced_secret(mode, matches!(credential, Credential::Sas(_)), true)?;
         (
             endpoint_override.unwrap_or(parsed.queue_endpoint),
             credential,
@@ -584,12 +691,23 @@ fn storage_config(env: &Env, queue_name: String) -> Result<StorageConfig, Config
                 Credential::sas(sas).map_err(|e| ConfigError::new("AZURE_STORAGE_SAS_TOKEN", e.to_string()))?
             }
             (None, None) => {
-                return Err(ConfigError::new(
-                    CS,
-                    "not set; set it, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN",
-                ))
+                return Err(match mode {
+                    Some(entra::AuthMode::Key) => ConfigError::new(
+                        "AZURE_STORAGE_KEY",
+                        "not set; AZURE_STORAGE_AUTH=key needs it (with AZURE_STORAGE_ACCOUNT), or AccountKey in AZURE_STORAGE_CONNECTION_STRING",
+                    ),
+                    Some(_) => ConfigError::new(
+                        "AZURE_STORAGE_SAS_TOKEN",
+                        "not set; AZURE_STORAGE_AUTH=sas needs it, or SharedAccessSignature in AZURE_STORAGE_CONNECTION_STRING",
+                    ),
+                    None => ConfigError::new(
+                        CS,
+                        "not set; set it, or AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN, or AZURE_STORAGE_ACCOUNT alone for a workload or managed identity",
+                    ),
+                })
             }
         };
+        entra::check_forced_secret(mode, matches!(credential, Credential::Sas(_)), false)?;
         let service_url =
             match (endpoint_override, account) {
                 (Some(url), _) => url,

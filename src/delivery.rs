@@ -112,9 +112,11 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    /// `timeout` bounds each POST, from sending to the end of the answer's headers.
+    /// `timeout` bounds each POST, from sending to the end of the answer's headers. The
+    /// endpoint is trusted with the system roots plus Knative's `K_CA_CERTS`, if set.
     pub fn new(endpoint: Url, timeout: Duration, user_agent: &str) -> reqwest::Result<Self> {
         let client = reqwest::Client::builder()
+            .tls_certs_merge(crate::trust::endpoint_roots()?)
             .user_agent(user_agent)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout.min(Duration::from_secs(10)))

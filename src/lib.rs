@@ -7,7 +7,8 @@
 //!
 //! - [`config`]: every environment variable, typed and validated before anything starts.
 //! - [`auth`]: how queue requests are authorized (Shared Key signing, SAS), as `azure_core`
-//!   pipeline policies on the official `azure_storage_queue` client.
+//!   pipeline policies on the official `azure_storage_queue` client, or with Microsoft Entra ID
+//!   tokens from a workload or managed identity (`azure_identity`).
 //! - [`queue`]: the queue operations we use (receive, delete, update, send, properties), with
 //!   failures classified into what the loop can act on.
 //! - [`event`]: queue message → CloudEvent → HTTP headers and body (binary or structured).
@@ -27,6 +28,7 @@
 //! - [`healthcheck`]: the `healthcheck` command (the local `/healthz`, for Docker's
 //!   `HEALTHCHECK`).
 //! - [`cli`]: the command line: commands, `--help` (generated from the variable table).
+//! - [`trust`]: custom CA trust (`SSL_CERT_FILE`, `SSL_CERT_DIR`, Knative's `K_CA_CERTS`).
 //!
 //! The binary (`main.rs`) reads the configuration, installs logging, turns SIGTERM/SIGINT into
 //! a shutdown, runs the pump and prints a one-line summary.
@@ -48,4 +50,5 @@ pub mod retry;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trust;
 pub mod worker;

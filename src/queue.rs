@@ -105,6 +105,9 @@ pub enum QueueErrorKind {
     MessageGone,
     /// 500/503: throttling or a transient service fault. Back off and retry.
     Throttled,
+    /// No Microsoft Entra ID token could be acquired (token endpoint down or refusing): the
+    /// request never reached the queue service.
+    TokenUnavailable,
     /// Anything else (bad request, unexpected response).
     Other,
 }
@@ -117,6 +120,7 @@ impl QueueErrorKind {
             QueueErrorKind::QueueNotFound => "queue_not_found",
             QueueErrorKind::MessageGone => "message_gone",
             QueueErrorKind::Throttled => "throttled",
+            QueueErrorKind::TokenUnavailable => "token_unavailable",
             QueueErrorKind::Other => "other",
         }
     }
@@ -125,10 +129,11 @@ impl QueueErrorKind {
     pub fn hint(self) -> &'static str {
         match self {
             QueueErrorKind::Unreachable => "the queue service cannot be reached; check the endpoint and the network",
-            QueueErrorKind::Unauthorized => "the queue service refused the credentials; check the key, SAS (permissions, expiry) or role assignment",
+            QueueErrorKind::Unauthorized => "the queue service refused the credentials; check the key, SAS (permissions, expiry), or the identity's role assignment and token audience",
             QueueErrorKind::QueueNotFound => "the queue does not exist; create it (the sidecar never creates queues)",
             QueueErrorKind::MessageGone => "the message's lease was lost; another consumer owns it now",
             QueueErrorKind::Throttled => "the queue service is busy or failing (5xx); backing off",
+            QueueErrorKind::TokenUnavailable => "no Microsoft Entra ID access token; see the 'cannot get an access token' line",
             QueueErrorKind::Other => "the queue service rejected the request",
         }
     }
@@ -156,11 +161,17 @@ impl QueueError {
             _ => (None, None),
         };
         let kind = classify(status, code.as_deref(), error.kind());
-        let detail = match (status, &code) {
+        let mut detail = match (status, &code) {
             (Some(status), Some(code)) => format!("HTTP {status} {code}"),
             (Some(status), None) => format!("HTTP {status}"),
+            // The credential's own (already scrubbed, one-line) message, without the retry
+            // policy's "non-transport error occurred which will not be retried" wrapping.
+            _ if kind == QueueErrorKind::TokenUnavailable => redact(&root_cause(&error)),
             _ => redact(&error_chain(&error)),
         };
+        if let Some(reason) = crate::auth::refusal::authentication_detail(&error) {
+            detail = format!("{detail}: {reason}");
+        }
         Self {
             operation,
             kind,
@@ -181,6 +192,15 @@ impl QueueError {
     }
 }
 
+/// The innermost error's message.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
 fn classify(status: Option<u16>, code: Option<&str>, kind: &ErrorKind) -> QueueErrorKind {
     match (status, code) {
         (Some(404), Some("QueueNotFound")) => QueueErrorKind::QueueNotFound,
@@ -194,6 +214,7 @@ fn classify(status: Option<u16>, code: Option<&str>, kind: &ErrorKind) -> QueueE
         (Some(_), _) => QueueErrorKind::Other,
         (None, _) => match kind {
             ErrorKind::Connection | ErrorKind::Io => QueueErrorKind::Unreachable,
+            ErrorKind::Credential => QueueErrorKind::TokenUnavailable,
             _ => QueueErrorKind::Other,
         },
     }
@@ -251,7 +272,11 @@ impl QueueConnector {
             .path_segments()
             .and_then(|mut segments| segments.next_back().map(str::to_string))
             .unwrap_or_default();
-        let client = QueueClient::new(url.clone(), None, Some(options))
+        let token = self
+            .credential
+            .token_credential(&self.http)
+            .map_err(|e| QueueError::from_sdk(Operation::Properties, e))?;
+        let client = QueueClient::new(url.clone(), token, Some(options))
             .map_err(|e| QueueError::from_sdk(Operation::Properties, e))?;
         Ok(Queue {
             client: Arc::new(client),
@@ -484,6 +509,10 @@ mod tests {
         assert_eq!(
             classify(None, None, &ErrorKind::Connection),
             QueueErrorKind::Unreachable
+        );
+        assert_eq!(
+            classify(None, None, &ErrorKind::Credential),
+            QueueErrorKind::TokenUnavailable
         );
     }
 

@@ -26,8 +26,9 @@ for target in ${SETUP_RUST_TARGETS:-x86_64-unknown-linux-musl}; do
   fi
 done
 
-# Debian packages (only where apt-get exists and something is missing).
-packages=(${SETUP_APT_PACKAGES:-musl-tools})
+# Debian packages (only where apt-get exists and something is missing). openssl: the Entra ID
+# tests (tests/entra.rs) make their private CA and server certificate with it.
+packages=(${SETUP_APT_PACKAGES:-musl-tools openssl})
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "${package}" >/dev/null 2>&1 || missing+=("${package}")

@@ -9,13 +9,17 @@
 //! - [`shared_key`]: the Shared Key signature (HMAC-SHA256 over the canonicalized request).
 //! - [`connection_string`]: parsing `AccountName=...;AccountKey=...` strings.
 //! - [`secret`]: redaction of secrets from any text that may be logged.
+//! - [`entra`]: Microsoft Entra ID tokens from a workload identity or a managed identity.
+//! - [`refusal`]: the service's own reason when it refuses a credential.
 
 pub mod connection_string;
+pub mod entra;
+pub mod refusal;
 pub mod secret;
 pub mod shared_key;
 
 use async_trait::async_trait;
-use azure_core::credentials::Secret;
+use azure_core::credentials::{Secret, TokenCredential};
 use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{Context, Request};
 use shared_key::SharedKeyPolicy;
@@ -32,6 +36,9 @@ pub enum Credential {
     },
     /// A shared access signature appended to every request's query.
     Sas(Arc<SasPolicy>),
+    /// A Microsoft Entra ID identity (workload or managed): the queue client sends its bearer
+    /// tokens. See [`entra`].
+    Token(Arc<entra::TokenAuth>),
 }
 
 /// The SAS token given is not usable.
@@ -56,11 +63,31 @@ impl Credential {
         Ok(Credential::Sas(Arc::new(SasPolicy::new(token)?)))
     }
 
-    /// A short, secret-free name for logs: `shared-key` or `sas`.
+    /// An Entra ID identity credential.
+    pub fn token(identity: entra::Identity) -> Self {
+        Credential::Token(Arc::new(entra::TokenAuth::new(identity)))
+    }
+
+    /// A short, secret-free name for logs: `shared-key`, `sas`, `workload-identity` or
+    /// `managed-identity`.
     pub fn kind(&self) -> &'static str {
         match self {
             Credential::SharedKey { .. } => "shared-key",
             Credential::Sas(_) => "sas",
+            Credential::Token(auth) => auth.kind(),
+        }
+    }
+
+    /// The token credential the queue client authorizes with, built on `http` (the same
+    /// transport as the queue calls) the first time; `None` for keys and SAS, which are
+    /// per-try policies instead.
+    pub fn token_credential(
+        &self,
+        http: &reqwest::Client,
+    ) -> azure_core::Result<Option<Arc<dyn TokenCredential>>> {
+        match self {
+            Credential::Token(auth) => auth.credential(http).map(Some),
+            Credential::SharedKey { .. } | Credential::Sas(_) => Ok(None),
         }
     }
 
@@ -69,6 +96,7 @@ impl Credential {
         match self {
             Credential::SharedKey { policy, .. } => vec![policy.clone() as Arc<dyn Policy>],
             Credential::Sas(policy) => vec![policy.clone() as Arc<dyn Policy>],
+            Credential::Token(_) => Vec::new(),
         }
     }
 }

@@ -562,3 +562,112 @@ impl InternalEvent for LivenessChanged<'_> {
         }
     }
 }
+
+/// Microsoft Entra ID: a token was acquired (about once an hour per identity). The token
+/// itself never reaches an event.
+pub struct TokenAcquired {
+    pub identity: &'static str,
+    pub expires_in: Duration,
+    /// Token requests that failed in a row before this one.
+    pub failed_before: u64,
+}
+
+impl InternalEvent for TokenAcquired {
+    fn emit(self) {
+        metrics()
+            .token_requests
+            .get_or_create(&vec![
+                ("identity", self.identity.to_string()),
+                ("outcome", "acquired".to_string()),
+            ])
+            .inc();
+        if self.failed_before > 0 {
+            info!(
+                identity = self.identity,
+                expires_in_s = self.expires_in.as_secs(),
+                failed_requests = self.failed_before,
+                "access token acquired again"
+            );
+        } else {
+            info!(
+                identity = self.identity,
+                expires_in_s = self.expires_in.as_secs(),
+                "access token acquired"
+            );
+        }
+    }
+}
+
+/// Microsoft Entra ID: a token request failed after the token endpoint's retries. `report` is
+/// false while the identity keeps failing, so an outage is one line; the metric counts all.
+pub struct TokenRequestFailed<'a> {
+    pub identity: &'static str,
+    /// Already scrubbed of secrets.
+    pub error: &'a str,
+    pub report: bool,
+}
+
+impl InternalEvent for TokenRequestFailed<'_> {
+    fn emit(self) {
+        metrics()
+            .token_requests
+            .get_or_create(&vec![
+                ("identity", self.identity.to_string()),
+                ("outcome", "failed".to_string()),
+            ])
+            .inc();
+        if !self.report {
+            return;
+        }
+        error!(
+            identity = self.identity,
+            error = self.error,
+            hint = "no access token: queue calls fail until one is acquired; check the identity variables, the federated credential or role assignment, and that the token endpoint is reachable",
+            "cannot get an access token"
+        );
+    }
+}
+
+/// Microsoft Entra ID: one call to the token endpoint failed (it may be retried with backoff).
+/// Only the status or the transport error is logged, never a body: bodies carry tokens.
+pub struct TokenEndpointAttemptFailed<'a> {
+    pub identity: &'static str,
+    /// 1 for the first try, 2 for the first retry, ...
+    pub attempt: u32,
+    pub status: Option<u16>,
+    /// Transport error text, already scrubbed; empty when the endpoint answered.
+    pub error: &'a str,
+    /// False while the identity is known to be failing (the metric still counts).
+    pub report: bool,
+}
+
+impl InternalEvent for TokenEndpointAttemptFailed<'_> {
+    fn emit(self) {
+        let status = self
+            .status
+            .map_or_else(|| "connection".to_string(), |s| s.to_string());
+        metrics()
+            .token_endpoint_errors
+            .get_or_create(&vec![
+                ("identity", self.identity.to_string()),
+                ("status", status.clone()),
+            ])
+            .inc();
+        if !self.report {
+            debug!(
+                identity = self.identity,
+                attempt = self.attempt,
+                status = %status,
+                "token endpoint call failed"
+            );
+            return;
+        }
+        warn!(
+            identity = self.identity,
+            attempt = self.attempt,
+            status = %status,
+            error = (!self.error.is_empty()).then_some(self.error),
+            "token endpoint call failed"
+        );
+    }
+}

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub queue_call_seconds: HistogramFamily,
     /// The queue's approximate message count, visible and invisible.
     pub queue_messages: Gauge,
+    /// Microsoft Entra ID token requests by identity and outcome.
+    pub token_requests: Family<Labels, Counter>,
+    /// Failed token endpoint calls by identity and status.
+    pub token_endpoint_errors: Family<Labels, Counter>,
 }
 
 /// Queue call latency buckets: 1 ms .. ~65 s.
@@ -65,6 +69,8 @@ impl Metrics {
             message_age_seconds: Histogram::new(exponential_buckets(0.01, 4.0, 14)),
             queue_call_seconds: Family::new_with_constructor(queue_call_histogram),
             queue_messages: Gauge::default(),
+            token_requests: Family::default(),
+            token_endpoint_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -128,6 +134,7 @@ impl Metrics {
             metrics.message_age_seconds.clone(),
         );
         metrics.register_operability(&mut registry);
+        metrics.register_identity(&mut registry);
         Self {
             registry,
             ..metrics
@@ -150,6 +157,19 @@ impl Metrics {
             "build",
             "The sidecar's version",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+    }
+
+    fn register_identity(&self, registry: &mut Registry) {
+        registry.register(
+            "token_requests",
+            "Microsoft Entra ID token requests by identity and outcome (acquired, failed)",
+            self.token_requests.clone(),
+        );
+        registry.register(
+            "token_endpoint_errors",
+            "Failed token endpoint calls (each retry counts) by identity and status",
+            self.token_endpoint_errors.clone(),
         );
     }
 

@@ -826,3 +826,6 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
         })
         .collect()
 }
+
+/// Microsoft Entra ID test parts (HTTPS Azurite, token issuer, private CA).
+pub mod entra;
