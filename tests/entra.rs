@@ -74,20 +74,6 @@ fn lines_with(sidecar: &Sidecar, message: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Runs a sidecar command (`check`) to completion off the async workers, which keep serving
-/// the token issuer meanwhile.
-async fn command(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let env = env.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        run_to_exit(&args, &env)
-    })
-    .await
-    .expect("command thread")
-}
-
 /// One sample of the sidecar's metrics, e.g. `token_requests_total{...}`; 0 if absent.
 async fn metric(sidecar: &Sidecar, key: &str) -> f64 {
     let (status, text) = admin_get(sidecar.admin(), "/metrics")

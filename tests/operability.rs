@@ -19,19 +19,6 @@ fn at(env: &[(String, String)], addr: &str) -> Vec<(String, String)> {
     with(env.to_vec(), &[("ADMIN_ADDR", addr)])
 }
 
-/// Runs the binary to exit off the async workers (the test endpoint must keep answering).
-async fn command(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let env = env.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        run_to_exit(&args, &env)
-    })
-    .await
-    .expect("command thread")
-}
-
 async fn metrics(addr: &str) -> BTreeMap<String, f64> {
     let (status, text) = admin_get(addr, "/metrics").await.expect("metrics answer");
     assert_eq!(status, 200);

@@ -582,17 +582,8 @@ impl TokenCredential for ObservedCredential {
 
 /// An error and its sources as one line (azure_identity's messages span several lines).
 fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text.split(['\n', '\r'])
+    super::secret::error_chain(error)
+        .split(['\n', '\r'])
         .map(str::trim)
         .filter(|line| !line.is_empty())
         .collect::<Vec<_>>()

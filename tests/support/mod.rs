@@ -829,3 +829,17 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 
 /// Microsoft Entra ID test parts (HTTPS Azurite, token issuer, private CA).
 pub mod entra;
+
+/// Runs a sidecar command (`check`, `healthcheck`) to completion off the async workers, which
+/// keep serving the test's endpoint, issuer and proxy meanwhile.
+pub async fn command(args: &[&str], env: &[(String, String)]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env = env.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_to_exit(&args, &env)
+    })
+    .await
+    .expect("command thread")
+}
