@@ -58,7 +58,12 @@ pub fn queue_client(config: &Config) -> Result<Queue, StartError> {
 
 /// Builds every part from the configuration, without any network call.
 pub fn build(config: &Config) -> Result<Pump, StartError> {
-    let connector = connector(config)?;
+    build_with(config, &connector(config)?)
+}
+
+/// Builds the pump on an existing connector, so every queue client shares one connection pool
+/// (and, with Entra ID, one token cache).
+fn build_with(config: &Config, connector: &QueueConnector) -> Result<Pump, StartError> {
     let queue = connector.queue(config.storage.queue_url.clone())?;
     let deliverer = Deliverer::new(config.endpoint.clone(), config.http_timeout, USER_AGENT)?;
     let poison = PoisonQueue::new(
@@ -78,7 +83,8 @@ pub fn build(config: &Config) -> Result<Pump, StartError> {
 
 /// Runs the sidecar until `shutdown` fires; returns what it did.
 pub async fn run(config: &Config, shutdown: Shutdown) -> Result<Summary, StartError> {
-    let pump = build(config)?;
+    let connector = connector(config)?;
+    let pump = build_with(config, &connector)?;
     health().set_stall_limit(stall_limit(config.poll.max_interval));
     // Bound before the pump starts: a port conflict is a start error, not a silent gap.
     let _admin = match config.ops.admin_addr {
@@ -87,7 +93,7 @@ pub async fn run(config: &Config, shutdown: Shutdown) -> Result<Summary, StartEr
     };
     let queue_length = match config.ops.queue_length_interval {
         Some(interval) => Some(queue_length::spawn(
-            queue_client(config)?,
+            connector.queue(config.storage.queue_url.clone())?,
             interval,
             shutdown.clone(),
         )),
