@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Structural checks on one rendered overlay (`kubectl kustomize` output), for tests/deploy.sh.
+
+kubernetes-validate checks the built-in kinds against the API schemas; this checks what a
+schema cannot: that the sidecar is a native sidecar with its security settings, probes,
+resources and a grace period that fits its drain; the per-overlay wiring (workload identity
+labels, the Secret the base reads, the KEDA objects, which have no schema there).
+
+Usage: deploy_check.py OVERLAY RENDERED.yaml
+Prints one line per check; exits 1 on the first failed overlay with every failure listed.
+"""
+
+import base64
+import re
+import sys
+
+import yaml
+
+SIDECAR = "azure-queue-sidecar"
+ADMIN_PORT = 9464
+# pump.rs: after SHUTDOWN_TIMEOUT, deliveries that were cut off get this long to release
+# their messages before the sidecar exits.
+RELEASE_GRACE_SECONDS = 10
+
+failures = []
+
+
+def check(condition, what):
+    print(("  ok   " if condition else "  FAIL ") + what)
+    if not condition:
+        failures.append(what)
+
+
+def seconds(duration):
+    match = re.fullmatch(r"(\d+)(ms|s|m|h)", duration.strip())
+    if not match:
+        raise SystemExit(f"cannot read duration {duration!r}")
+    number, unit = int(match.group(1)), match.group(2)
+    return number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def one(docs, kind, name=None):
+    found = [
+        d
+        for d in docs
+        if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+    if len(found) != 1:
+        raise SystemExit(f"expected one {kind} {name or ''}, found {len(found)}")
+    return found[0]
+
+
+def config_map_for(docs, container):
+    """The data of the ConfigMap the container takes its environment from."""
+    names = [
+        source["configMapRef"]["name"]
+        for source in container.get("envFrom", [])
+        if "configMapRef" in source
+    ]
+    check(len(names) == 1, "the sidecar reads its settings from one ConfigMap")
+    return one(docs, "ConfigMap", names[0]).get("data", {})
+
+
+def check_restricted(container, label):
+    sc = container.get("securityContext", {})
+    check(sc.get("allowPrivilegeEscalation") is False, f"{label}: allowPrivilegeEscalation false")
+    check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{label}: drops ALL capabilities")
+
+
+def check_sidecar(docs):
+    deployment = one(docs, "Deployment", "queue-consumer")
+    pod = deployment["spec"]["template"]["spec"]
+    sidecars = [c for c in pod.get("initContainers", []) if c["name"] == SIDECAR]
+    check(len(sidecars) == 1, "the sidecar is an init container")
+    if not sidecars:
+        return
+    sidecar = sidecars[0]
+    check(sidecar.get("restartPolicy") == "Always", "native sidecar: restartPolicy Always")
+    check(
+        not any(c["name"] == SIDECAR for c in pod.get("containers", [])),
+        "the sidecar is not also a regular container",
+    )
+    image = sidecar.get("image", "")
+    check(
+        re.search(r":[^/]+$", image) is not None and not image.endswith(":latest"),
+        f"the sidecar image has a version tag ({image})",
+    )
+
+    sc = sidecar.get("securityContext", {})
+    check(sc.get("runAsNonRoot") is True, "sidecar: runAsNonRoot")
+    check(sc.get("runAsUser") == 65532, "sidecar: runAsUser 65532 (the image's USER)")
+    check(sc.get("readOnlyRootFilesystem") is True, "sidecar: readOnlyRootFilesystem")
+    check(sc.get("allowPrivilegeEscalation") is False, "sidecar: allowPrivilegeEscalation false")
+    check(sc.get("capabilities", {}).get("drop") == ["ALL"], "sidecar: drops ALL capabilities")
+    check(not sc.get("capabilities", {}).get("add"), "sidecar: adds no capability")
+    check(sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "sidecar: seccomp RuntimeDefault")
+    check(
+        pod.get("securityContext", {}).get("seccompProfile", {}).get("type") == "RuntimeDefault"
+        and pod.get("securityContext", {}).get("runAsNonRoot") is True,
+        "pod: runAsNonRoot and seccomp RuntimeDefault for every container",
+    )
+    for container in pod.get("containers", []):
+        check_restricted(container, f"container {container['name']}")
+
+    ports = {p.get("name"): p["containerPort"] for p in sidecar.get("ports", [])}
+    check(ports.get("admin") == ADMIN_PORT, f"sidecar: port admin = {ADMIN_PORT}")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = sidecar.get(probe, {}).get("httpGet", {})
+        check(
+            get.get("path") == path and get.get("port") in ("admin", ADMIN_PORT),
+            f"sidecar: {probe} GET {path} on the admin port",
+        )
+
+    resources = sidecar.get("resources", {})
+    check(
+        {"cpu", "memory"} <= set(resources.get("requests", {})),
+        "sidecar: cpu and memory requests",
+    )
+    check("memory" in resources.get("limits", {}), "sidecar: a memory limit")
+
+    settings = config_map_for(docs, sidecar)
+    check(
+        settings.get("ADMIN_ADDR", "").endswith(f":{ADMIN_PORT}"),
+        "ADMIN_ADDR listens on the probed port",
+    )
+    check(
+        settings.get("ENDPOINT_URL", "").startswith("http://127.0.0.1:"),
+        "ENDPOINT_URL is the app over the pod's loopback interface",
+    )
+    drain = seconds(settings.get("SHUTDOWN_TIMEOUT", "20s")) + RELEASE_GRACE_SECONDS
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    check(
+        grace >= drain,
+        f"terminationGracePeriodSeconds {grace} >= SHUTDOWN_TIMEOUT + release grace ({drain:g}s)",
+    )
+    return deployment, sidecar, settings
+
+
+def secret_value(secret, key):
+    """A Secret's value, whether written as stringData or (as generators do) base64 data."""
+    if key in secret.get("stringData", {}):
+        return secret["stringData"][key]
+    if key in secret.get("data", {}):
+        return base64.b64decode(secret["data"][key]).decode()
+    return None
+
+
+def secret_refs(sidecar):
+    return [s["secretRef"]["name"] for s in sidecar.get("envFrom", []) if "secretRef" in s]
+
+
+def check_overlay(overlay, docs):
+    result = check_sidecar(docs)
+    if not result:
+        return
+    deployment, sidecar, settings = result
+    pod_meta = deployment["spec"]["template"]["metadata"]
+    pod = deployment["spec"]["template"]["spec"]
+
+    if overlay in ("connection-string", "azurite"):
+        refs = secret_refs(sidecar)
+        check(len(refs) == 1, "credentials come from one Secret")
+        secret = one(docs, "Secret", refs[0])
+        check(
+            secret_value(secret, "AZURE_STORAGE_CONNECTION_STRING") is not None,
+            "the Secret holds AZURE_STORAGE_CONNECTION_STRING",
+        )
+
+    if overlay in ("workload-identity", "keda"):
+        check(secret_refs(sidecar) == [], "workload identity: no Secret at all")
+        check(
+            pod_meta.get("labels", {}).get("azure.workload.identity/use") == "true",
+            'pod label azure.workload.identity/use: "true"',
+        )
+        account = pod.get("serviceAccountName")
+        sa = one(docs, "ServiceAccount", account) if account else {}
+        check(
+            bool(sa.get("metadata", {}).get("annotations", {}).get("azure.workload.identity/client-id")),
+            "the pod's ServiceAccount has azure.workload.identity/client-id",
+        )
+        check(settings.get("AZURE_STORAGE_ACCOUNT"), "AZURE_STORAGE_ACCOUNT is set")
+        check(settings.get("AZURE_STORAGE_AUTH") == "workload-identity", "AZURE_STORAGE_AUTH=workload-identity")
+
+    if overlay == "keda":
+        scaled = one(docs, "ScaledObject")
+        check(scaled["apiVersion"] == "keda.sh/v1alpha1", "ScaledObject apiVersion keda.sh/v1alpha1")
+        spec = scaled["spec"]
+        target = spec.get("scaleTargetRef", {})
+        check(
+            target.get("name") == deployment["metadata"]["name"]
+            and target.get("kind", "Deployment") == "Deployment",
+            "ScaledObject scales the Deployment",
+        )
+        check(
+            0 <= spec.get("minReplicaCount", 0) <= spec.get("maxReplicaCount", 100),
+            "minReplicaCount <= maxReplicaCount",
+        )
+        triggers = spec.get("triggers", [])
+        check(len(triggers) == 1 and triggers[0].get("type") == "azure-queue", "one azure-queue trigger")
+        meta = triggers[0].get("metadata", {}) if triggers else {}
+        check(all(isinstance(v, str) for v in meta.values()), "trigger metadata values are strings")
+        check(meta.get("queueName") == settings.get("QUEUE_NAME"), "trigger queueName = the sidecar's QUEUE_NAME")
+        check(
+            meta.get("accountName") == settings.get("AZURE_STORAGE_ACCOUNT"),
+            "trigger accountName = the sidecar's AZURE_STORAGE_ACCOUNT",
+        )
+        check(str(meta.get("queueLength", "")).isdigit(), "trigger queueLength is a number")
+        check("connection" not in meta and "connectionFromEnv" not in meta, "no connection string for KEDA")
+        auth_name = triggers[0].get("authenticationRef", {}).get("name") if triggers else None
+        auth = one(docs, "TriggerAuthentication", auth_name)
+        check(auth["apiVersion"] == "keda.sh/v1alpha1", "TriggerAuthentication apiVersion keda.sh/v1alpha1")
+        check(
+            auth["spec"].get("podIdentity", {}).get("provider") == "azure-workload",
+            "TriggerAuthentication uses podIdentity azure-workload",
+        )
+
+    if overlay == "azurite":
+        azurite = one(docs, "Deployment", "azurite")
+        service = one(docs, "Service", "azurite")
+        port = service["spec"]["ports"][0]["port"]
+        secret = one(docs, "Secret", secret_refs(sidecar)[0])
+        connection = secret_value(secret, "AZURE_STORAGE_CONNECTION_STRING") or ""
+        check(f"QueueEndpoint=http://azurite:{port}/devstoreaccount1" in connection,
+              "the connection string points at the azurite Service")
+        check(azurite["spec"]["template"]["metadata"]["labels"].items() >= service["spec"]["selector"].items(),
+              "the azurite Service selects the azurite pods")
+        for container in azurite["spec"]["template"]["spec"]["containers"]:
+            check_restricted(container, f"azurite container {container['name']}")
+
+
+def main():
+    overlay, path = sys.argv[1], sys.argv[2]
+    with open(path, encoding="utf-8") as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    print(f"{overlay}: {', '.join(d['kind'] + '/' + d['metadata']['name'] for d in docs)}")
+    check_overlay(overlay, docs)
+    if failures:
+        print(f"{overlay}: {len(failures)} check(s) failed", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
