@@ -115,8 +115,13 @@ impl Deliverer {
     /// `timeout` bounds each POST, from sending to the end of the answer's headers. The
     /// endpoint is trusted with the system roots plus Knative's `K_CA_CERTS`, if set.
     pub fn new(endpoint: Url, timeout: Duration, user_agent: &str) -> reqwest::Result<Self> {
-        let client = reqwest::Client::builder()
-            .tls_certs_merge(crate::trust::endpoint_roots()?)
+        let builder = match endpoint.scheme() {
+            // Plain http (the usual app on localhost): no trust store to load, see
+            // `queue::plain_http_client`. Redirects are not followed, so no https either.
+            "http" => reqwest::Client::builder().tls_certs_only(std::iter::empty()),
+            _ => reqwest::Client::builder().tls_certs_merge(crate::trust::endpoint_roots()?),
+        };
+        let client = builder
             .user_agent(user_agent)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout.min(Duration::from_secs(10)))

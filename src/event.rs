@@ -124,15 +124,22 @@ impl EventMapper {
         if let Some(inserted) = message.insertion_time.and_then(to_chrono) {
             builder = builder.time(inserted);
         }
-        let builder = match String::from_utf8(bytes) {
-            Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(json) => match self.config.mode {
-                    ContentMode::Binary => builder.data(JSON, Data::Binary(text.into_bytes())),
-                    ContentMode::Structured => builder.data(JSON, Data::Json(json)),
-                },
-                Err(_) => builder.data(TEXT, Data::String(text)),
-            },
-            Err(not_utf8) => builder.data(OCTET_STREAM, Data::Binary(not_utf8.into_bytes())),
+        let builder = match (String::from_utf8(bytes), self.config.mode) {
+            // Binary mode only needs to know whether the text is JSON: check it without
+            // building a document (a `Value` allocates every string, key and map of it).
+            (Ok(text), ContentMode::Binary) => {
+                match serde_json::from_str::<serde::de::IgnoredAny>(&text) {
+                    Ok(_) => builder.data(JSON, Data::Binary(text.into_bytes())),
+                    Err(_) => builder.data(TEXT, Data::String(text)),
+                }
+            }
+            (Ok(text), ContentMode::Structured) => {
+                match serde_json::from_str::<serde_json::Value>(&text) {
+                    Ok(json) => builder.data(JSON, Data::Json(json)),
+                    Err(_) => builder.data(TEXT, Data::String(text)),
+                }
+            }
+            (Err(not_utf8), _) => builder.data(OCTET_STREAM, Data::Binary(not_utf8.into_bytes())),
         };
         builder
             .build()
@@ -204,16 +211,17 @@ struct BinaryHeaders(HttpPayload);
 
 impl BinaryHeaders {
     fn push(mut self, name: &str, value: &MessageAttributeValue) -> Self {
-        let (header, value) = if name == "datacontenttype" {
+        let value = value.to_string();
+        let entry = if name == "datacontenttype" {
             // Binding rule: the data content type is the Content-Type, not a ce- header.
-            ("content-type".to_string(), value.to_string())
+            ("content-type".to_string(), value)
         } else {
-            (
-                format!("ce-{name}"),
-                percent_encode_header(&value.to_string()),
-            )
+            let mut header = String::with_capacity(3 + name.len());
+            header.push_str("ce-");
+            header.push_str(name);
+            (header, percent_encoded(value))
         };
-        self.0.headers.push((header, value));
+        self.0.headers.push(entry);
         self
     }
 }
@@ -247,12 +255,27 @@ impl BinarySerializer<HttpPayload> for BinaryHeaders {
 /// Percent-encodes a `ce-` header value as the HTTP binding (3.1.3.2) requires: space, `"`,
 /// `%` and everything outside printable ASCII, byte by byte in UTF-8.
 pub fn percent_encode_header(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
+    percent_encoded(value.to_string())
+}
+
+/// [`percent_encode_header`] on an owned value, which is returned as it is when nothing needs
+/// escaping (the usual case: ids, types, URLs, timestamps), so each header costs no extra copy.
+fn percent_encoded(value: String) -> String {
+    fn safe(byte: u8) -> bool {
+        (0x21..=0x7e).contains(&byte) && byte != b'"' && byte != b'%'
+    }
+    if value.bytes().all(safe) {
+        return value;
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(value.len() + 16);
     for byte in value.bytes() {
-        if (0x21..=0x7e).contains(&byte) && byte != b'"' && byte != b'%' {
-            out.push(byte as char);
+        if safe(byte) {
+            out.push(char::from(byte));
         } else {
-            out.push_str(&format!("%{byte:02X}"));
+            out.push('%');
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0x0f)]));
         }
     }
     out

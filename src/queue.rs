@@ -224,6 +224,9 @@ fn classify(status: Option<u16>, code: Option<&str>, kind: &ErrorKind) -> QueueE
 #[derive(Clone)]
 pub struct Queue {
     client: Arc<QueueClient>,
+    /// The client Get Messages goes through: the same as `client` unless the connector has a
+    /// separate receive transport (see [`QueueConnector::with_receive_transport`]).
+    receiver: Arc<QueueClient>,
     url: Url,
     name: String,
 }
@@ -241,18 +244,55 @@ impl fmt::Debug for Queue {
 pub struct QueueConnector {
     credential: Credential,
     http: reqwest::Client,
+    receive_http: Option<reqwest::Client>,
 }
 
 impl QueueConnector {
     /// `http` is the reqwest client used as transport for every queue call.
     pub fn new(credential: Credential, http: reqwest::Client) -> Self {
-        Self { credential, http }
+        Self {
+            credential,
+            http,
+            receive_http: None,
+        }
+    }
+
+    /// Sends Get Messages over `http`, a client with its own connection pool.
+    ///
+    /// Why: hyper grows a connection's read buffer to fit large responses (up to ~400 KiB) and
+    /// keeps it for the connection's life. A Get of 32 large messages is such a response,
+    /// while deletes and updates answer with a few hundred bytes. On one shared pool every
+    /// connection sooner or later carries a Get, and with `MAX_IN_FLIGHT` deletes in parallel
+    /// there are that many connections: with 64 KiB messages, about 40 × 400 KiB of read
+    /// buffers (most of the peak RSS, measured with massif in `tests/bench`). A pool of its
+    /// own keeps the big buffer on the one connection that receives.
+    pub fn with_receive_transport(mut self, http: reqwest::Client) -> Self {
+        self.receive_http = Some(http);
+        self
     }
 
     /// A client for the queue at `url` (a queue URL without a query).
     pub fn queue(&self, url: Url) -> Result<Queue, QueueError> {
+        let client = Arc::new(self.client(&url, &self.http)?);
+        let receiver = match &self.receive_http {
+            Some(http) => Arc::new(self.client(&url, http)?),
+            None => client.clone(),
+        };
+        let name = url
+            .path_segments()
+            .and_then(|mut segments| segments.next_back().map(str::to_string))
+            .unwrap_or_default();
+        Ok(Queue {
+            client,
+            receiver,
+            url,
+            name,
+        })
+    }
+
+    fn client(&self, url: &Url, http: &reqwest::Client) -> Result<QueueClient, QueueError> {
         let client_options = ClientOptions {
-            transport: Some(Transport::new(Arc::new(self.http.clone()))),
+            transport: Some(Transport::new(Arc::new(http.clone()))),
             per_try_policies: self.credential.per_try_policies(),
             // The receive loop has its own backoff and reports state changes; the SDK only
             // smooths over a blip, briefly, so a dead service is noticed within seconds.
@@ -268,34 +308,39 @@ impl QueueConnector {
             client_options,
             ..Default::default()
         };
-        let name = url
-            .path_segments()
-            .and_then(|mut segments| segments.next_back().map(str::to_string))
-            .unwrap_or_default();
         let token = self
             .credential
             .token_credential(&self.http)
             .map_err(|e| QueueError::from_sdk(Operation::Properties, e))?;
-        let client = QueueClient::new(url.clone(), token, Some(options))
-            .map_err(|e| QueueError::from_sdk(Operation::Properties, e))?;
-        Ok(Queue {
-            client: Arc::new(client),
-            url,
-            name,
-        })
+        QueueClient::new(url.clone(), token, Some(options))
+            .map_err(|e| QueueError::from_sdk(Operation::Properties, e))
     }
 }
 
 /// The builder for the reqwest client used for queue calls: pooled, no redirects, a bound on
 /// every request so a hung connection cannot stall the loop forever.
 pub fn http_client(user_agent: &str) -> reqwest::Result<reqwest::Client> {
+    http_client_builder(user_agent).build()
+}
+
+/// Like [`http_client`], for a transport that only ever talks plain `http://` (Azurite with a
+/// key or SAS): no trust store is loaded. Loading the platform's roots reads and parses every
+/// certificate file it finds, which took most of the sidecar's start-up time and a few hundred
+/// KiB of heap for the process's life, for TLS that never happens. An `https://` request on
+/// this client would fail certificate verification, not go anywhere unverified.
+pub fn plain_http_client(user_agent: &str) -> reqwest::Result<reqwest::Client> {
+    http_client_builder(user_agent)
+        .tls_certs_only(std::iter::empty())
+        .build()
+}
+
+fn http_client_builder(user_agent: &str) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(user_agent)
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(60))
         .pool_idle_timeout(Duration::from_secs(50))
         .redirect(reqwest::redirect::Policy::none())
-        .build()
 }
 
 impl Queue {
@@ -322,7 +367,7 @@ impl Queue {
         };
         let response = timed(
             Operation::Receive,
-            self.client.receive_messages(Some(options)),
+            self.receiver.receive_messages(Some(options)),
         )
         .await
         .map_err(|e| QueueError::from_sdk(Operation::Receive, e))?;

@@ -6,6 +6,7 @@
 //! (probes, metrics) and the queue-length poll.
 
 use crate::admin::{AdminServer, BindError};
+use crate::auth::Credential;
 use crate::config::{format_duration, Config};
 use crate::delivery::Deliverer;
 use crate::event::EventMapper;
@@ -45,10 +46,18 @@ pub fn install_crypto_provider() {
 /// command all get their clients here, so `check` tests exactly what the sidecar will use.
 pub fn connector(config: &Config) -> Result<QueueConnector, StartError> {
     install_crypto_provider();
-    Ok(QueueConnector::new(
-        config.storage.credential.clone(),
-        queue::http_client(USER_AGENT)?,
-    ))
+    // Azurite over plain http with a key or SAS never needs TLS (a token credential may still
+    // fetch its tokens over https).
+    let plain = config.storage.queue_url.scheme() == "http"
+        && !matches!(config.storage.credential, Credential::Token(_));
+    let http = || match plain {
+        true => queue::plain_http_client(USER_AGENT),
+        false => queue::http_client(USER_AGENT),
+    };
+    Ok(
+        QueueConnector::new(config.storage.credential.clone(), http()?)
+            .with_receive_transport(http()?),
+    )
 }
 
 /// A client for the configured queue, without any network call.

@@ -24,7 +24,7 @@ use azure_core::{
     time::{to_rfc7231, OffsetDateTime},
 };
 use base64::Engine as _;
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{borrow::Cow, fmt, sync::Arc};
 
 /// The account key is not valid base64. Deliberately carries no part of the key: the message
 /// is printed after the name of the variable the key came from.
@@ -173,34 +173,28 @@ fn string_to_sign(
     headers: &Headers,
     content_length: u64,
 ) -> String {
-    let header = |name: &'static str| {
-        headers
-            .get_optional_str(&HeaderName::from_static(name))
-            .unwrap_or("")
-    };
-    let content_length = if content_length == 0 {
-        String::new()
-    } else {
-        content_length.to_string()
-    };
-    let fields = [
-        method.as_str(),
-        header("content-encoding"),
-        header("content-language"),
-        &content_length,
-        header("content-md5"),
-        header("content-type"),
-        "", // Date
-        header("if-modified-since"),
-        header("if-match"),
-        header("if-none-match"),
-        header("if-unmodified-since"),
-        header("range"),
-    ];
-
-    let mut out = String::new();
-    for field in fields {
-        out.push_str(field);
+    // One pass over the headers (names are stored lowercase) instead of a hashed lookup per
+    // field: this runs for every queue request.
+    let mut standard = [""; STANDARD_HEADERS.len()];
+    for (name, value) in headers.iter() {
+        if let Some(i) = STANDARD_HEADERS.iter().position(|h| *h == name.as_str()) {
+            standard[i] = value.as_str();
+        }
+    }
+    let mut out = String::with_capacity(256);
+    out.push_str(method.as_str());
+    out.push('\n');
+    for (i, value) in standard.iter().enumerate() {
+        if i == CONTENT_LENGTH_SLOT {
+            if content_length != 0 {
+                out.push_str(&content_length.to_string());
+            }
+            out.push('\n');
+        }
+        if i == DATE_SLOT {
+            out.push('\n'); // Date
+        }
+        out.push_str(value);
         out.push('\n');
     }
     out.push_str(&canonicalized_headers(
@@ -211,6 +205,22 @@ fn string_to_sign(
     out.push_str(&canonicalized_resource(account, url));
     out
 }
+
+/// The standard headers of the string-to-sign, in order, with `Content-Length` and `Date`
+/// (which are not read from the headers) written before the slots named below.
+const STANDARD_HEADERS: [&str; 9] = [
+    "content-encoding",
+    "content-language",
+    "content-md5", // Content-Length before this one
+    "content-type",
+    "if-modified-since", // Date before this one
+    "if-match",
+    "if-none-match",
+    "if-unmodified-since",
+    "range",
+];
+const CONTENT_LENGTH_SLOT: usize = 2;
+const DATE_SLOT: usize = 4;
 
 /// All `x-ms-*` headers as `name:value\n`, names lowercased and sorted by byte value, values
 /// trimmed; values of repeated names are joined with commas, in order of appearance.
@@ -228,18 +238,30 @@ fn string_to_sign(
 /// Takes name/value pairs rather than [`Headers`] because `Headers` cannot hold a repeated name,
 /// while the canonical form must handle one.
 fn canonicalized_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
-    let mut by_name: BTreeMap<String, Vec<&'a str>> = BTreeMap::new();
-    for (name, value) in headers {
-        let name = name.trim().to_ascii_lowercase();
-        if name.starts_with("x-ms-") {
-            by_name.entry(name).or_default().push(value.trim());
-        }
-    }
-    let mut out = String::new();
-    for (name, values) in by_name {
-        out.push_str(&name);
+    // A handful of headers per request: a stably sorted vector (repeated names keep their
+    // order) costs less than a map of owned names.
+    let mut selected: Vec<(Cow<'a, str>, &'a str)> = headers
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let name = name.trim();
+            let is_ms = name
+                .as_bytes()
+                .get(..5)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"x-ms-"));
+            is_ms.then(|| (ascii_lowercase(name), value.trim()))
+        })
+        .collect();
+    selected.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::with_capacity(128);
+    let mut entries = selected.iter().peekable();
+    while let Some((name, value)) = entries.next() {
+        out.push_str(name);
         out.push(':');
-        out.push_str(&values.join(","));
+        out.push_str(value);
+        while let Some((_, value)) = entries.next_if(|(next, _)| next == name) {
+            out.push(',');
+            out.push_str(value);
+        }
         out.push('\n');
     }
     out
@@ -256,32 +278,62 @@ fn canonicalized_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str
 /// `decodeURIComponent` and .NET's `Uri.UnescapeDataString` do. The SDK form-encodes query
 /// values, so a literal `+` only ever stands for a space, which no queue operation sends.
 fn canonicalized_resource(account: &str, url: &Url) -> String {
-    let mut out = format!("/{account}{}", url.path());
+    let path = url.path();
+    let mut out = String::with_capacity(1 + account.len() + path.len() + 64);
+    out.push('/');
+    out.push_str(account);
+    out.push_str(path);
 
-    let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for pair in url.query().unwrap_or("").split('&') {
-        if pair.is_empty() {
-            continue;
-        }
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        params
-            .entry(percent_decode(name).to_lowercase())
-            .or_default()
-            .push(percent_decode(value));
-    }
-    for (name, mut values) in params {
-        values.sort();
+    // Sorting (name, value) pairs groups each name's values, themselves sorted.
+    let mut params: Vec<(Cow<'_, str>, Cow<'_, str>)> = url
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (lowercase(percent_decode(name)), percent_decode(value))
+        })
+        .collect();
+    params.sort();
+    let mut entries = params.iter().peekable();
+    while let Some((name, value)) = entries.next() {
         out.push('\n');
-        out.push_str(&name);
+        out.push_str(name);
         out.push(':');
-        out.push_str(&values.join(","));
+        out.push_str(value);
+        while let Some((_, value)) = entries.next_if(|(next, _)| next == name) {
+            out.push(',');
+            out.push_str(value);
+        }
     }
     out
 }
 
+/// `s` in ASCII lowercase, borrowed when it already is.
+fn ascii_lowercase(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// `s` in lowercase (Unicode), borrowed when it is ASCII without capitals.
+fn lowercase(s: Cow<'_, str>) -> Cow<'_, str> {
+    if s.is_ascii() && !s.bytes().any(|b| b.is_ascii_uppercase()) {
+        s
+    } else {
+        Cow::Owned(s.to_lowercase())
+    }
+}
+
 /// Decodes `%XX` escapes (leaving malformed ones and `+` untouched); invalid UTF-8 becomes
 /// U+FFFD, which cannot occur for the ASCII values the SDK sends.
-fn percent_decode(s: &str) -> String {
+fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains('%') {
+        return Cow::Borrowed(s);
+    }
     fn hex(b: u8) -> Option<u8> {
         char::from(b)
             .to_digit(16)
@@ -300,7 +352,7 @@ fn percent_decode(s: &str) -> String {
         out.push(byte);
         rest = tail;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]

@@ -1,23 +1,26 @@
 //! The benchmark driver (`bash tests/bench/run.sh` builds and runs it).
 //!
-//! It starts a real, in-memory Azurite, a fast sink (answers 200, counts distinct CloudEvent
-//! ids) and a feeder (one Put per consumed message, so the queue depth stays ~200: Azurite's
-//! cost per operation grows with the depth), then measures the release sidecar binary from
-//! the outside, as an operator would see it:
+//! It starts a real, in-memory Azurite (a fresh one per phase: Azurite's cost per operation
+//! grows with what it holds), a fast sink (answers 200, counts distinct CloudEvent ids) and a
+//! feeder (one Put per consumed message, so the queue depth stays at ~200), then measures the
+//! sidecar binary from the outside, as an operator would see it:
 //!
 //! 1. start: time from spawning the process to its first Get Messages request, seen by a TCP
 //!    proxy in front of Azurite (several runs);
-//! 2. idle: CPU per second and RSS of a sidecar with default poll settings on an empty queue;
+//! 2. idle: CPU per second and RSS of a sidecar with default settings on an empty queue, over
+//!    the backoff ramp and then at the longest poll interval;
 //! 3. throughput: raw-queue baseline (receive 32, delete each, concurrent, no HTTP), then the
 //!    sidecar, then the baseline again, each over the same steady-depth workload; messages/s,
-//!    sidecar CPU µs per message, Azurite's own CPU, duplicates and messages left;
+//!    sidecar CPU µs per message (user+sys from /proc), Azurite's own CPU, the CPU of every
+//!    other process (noise), duplicates and messages left;
 //! 4. peak RSS with `MAX_IN_FLIGHT=32` and 64 KiB messages;
 //! 5. instructions per message under `valgrind --tool=callgrind` (noise-free; the marginal
 //!    cost between a 200- and a 2,000-message run, so start-up cancels out);
-//! 6. binary sizes.
+//! 6. the static (musl) binary, if built: start, idle RSS, throughput and peak RSS again;
+//! 7. binary sizes.
 //!
 //! It prints a table, the budgets of issue 7 with pass/fail, and one `BENCH {json}` line.
-//! Every child process is killed if the driver stops early.
+//! Every child process is killed if the driver stops early (error, deadline or signal).
 
 mod feeder;
 mod procfs;
@@ -82,7 +85,7 @@ impl Plan {
             warmup: secs("BENCH_WARMUP_S", 3),
             window: secs("BENCH_WINDOW_S", 15),
             idle_ramp: secs("BENCH_IDLE_RAMP_S", 10),
-            idle_steady: secs("BENCH_IDLE_STEADY_S", 20),
+            idle_steady: secs("BENCH_IDLE_STEADY_S", 40),
             start_runs: std::env::var("BENCH_START_RUNS")
                 .ok()
                 .and_then(|v| v.parse().ok())

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The benchmark (issue 7): `bash tests/bench/run.sh`. Not part of tests/run.sh: it takes
-# about three minutes and its throughput figures depend on what else the machine is doing.
+# The benchmark (issue 7): `bash tests/bench/run.sh`. Not part of tests/run.sh: it takes about
+# four minutes and its throughput figures depend on what else the machine is doing (the table
+# shows how much CPU other processes used in each window; run it on a quiet machine).
 #
-# Installs what it needs (tests/setup.sh: Azurite; valgrind via apt), builds the release
-# sidecar and the benchmark driver (tests/bench/bench.rs, a cargo example), then runs the
-# driver, which starts an in-memory Azurite, a sink and a feeder, measures the sidecar from
-# outside (/proc, a TCP proxy, callgrind) and prints a table, the budgets with PASS/FAIL and
-# one `BENCH {json}` line (also written to target/bench/last.json). Logs of every process
-# are in target/bench/.
+# Installs what it needs (tests/setup.sh: Azurite, cargo-zigbuild; valgrind via apt), builds
+# the release sidecar, the static musl binary the way the image does (cargo zigbuild) and the
+# driver (tests/bench/bench.rs, a cargo example), then runs the driver. It starts a fresh
+# in-memory Azurite per phase, a sink and a feeder, measures the sidecar from outside (/proc,
+# a TCP proxy, callgrind) and prints a table, the budgets with PASS/FAIL and one
+# `BENCH {json}` line (also in target/bench/last.json). Every process's log is in target/bench/.
 #
 # Knobs (environment): BENCH_WINDOW_S (15), BENCH_WARMUP_S (3), BENCH_IDLE_RAMP_S (10),
-# BENCH_IDLE_STEADY_S (20), BENCH_START_RUNS (7), BENCH_CALLGRIND=0 to skip callgrind,
-# BENCH_MUSL=1 to also build the static musl binary for the size figure.
+# BENCH_IDLE_STEADY_S (40), BENCH_START_RUNS (7), BENCH_CALLGRIND=0 (skip callgrind),
+# BENCH_MUSL=0 (skip the static binary), BENCH_PHASES (start,throughput,big,callgrind,static),
+# BENCH_DEADLINE_S (900: the driver stops, and kills what it started, after this long).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -25,10 +27,15 @@ fi
 
 log "cargo build --release (sidecar and benchmark driver)"
 cargo build --release --locked --bin azure-queue-sidecar --example bench
-if [ "${BENCH_MUSL:-0}" = "1" ]; then
-  log "cargo build --release --target x86_64-unknown-linux-musl"
-  cargo build --release --locked --target x86_64-unknown-linux-musl --bin azure-queue-sidecar
+if [ "${BENCH_MUSL:-1}" = "1" ]; then
+  if command -v cargo-zigbuild >/dev/null 2>&1; then
+    log "cargo zigbuild --release --target x86_64-unknown-linux-musl (as the image is built)"
+    cargo zigbuild --release --locked --target x86_64-unknown-linux-musl --bin azure-queue-sidecar
+  else
+    echo "[bench] cargo-zigbuild not found (tests/setup.sh installs it); BENCH_MUSL=0 skips the static binary" >&2
+    exit 1
+  fi
 fi
 
-log "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores (quiet machine: well under 1)"
+log "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores (quiet: well under 1)"
 exec target/release/examples/bench
