@@ -86,17 +86,6 @@ async fn metric(sidecar: &Sidecar, key: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The line of `check` output about `name` (`ok   credentials: ...`).
-fn check_line<'a>(stdout: &'a str, name: &str) -> &'a str {
-    stdout
-        .lines()
-        .find(|l| {
-            l.get(5..)
-                .is_some_and(|rest| rest.starts_with(&format!("{name}:")))
-        })
-        .unwrap_or_else(|| panic!("no {name} line in:\n{stdout}"))
-}
-
 /// Nothing secret in anything the sidecar printed.
 fn assert_no_secrets(sidecar: &Sidecar, secrets: &[String]) {
     let text = sidecar.output.text();

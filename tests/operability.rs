@@ -31,17 +31,6 @@ fn sample(metrics: &BTreeMap<String, f64>, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {key} in {metrics:#?}"))
 }
 
-/// The value of the `check` line named `name`, e.g. `FAIL queue: ...`.
-fn check_line<'a>(stdout: &'a str, name: &str) -> &'a str {
-    stdout
-        .lines()
-        .find(|l| {
-            l.get(5..)
-                .is_some_and(|rest| rest.starts_with(&format!("{name}:")))
-        })
-        .unwrap_or_else(|| panic!("no {name} line in:\n{stdout}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_follow_the_queue_going_away_and_coming_back() {
     let port = free_port();

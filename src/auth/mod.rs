@@ -144,19 +144,29 @@ impl Policy for SasPolicy {
             _ => self.token.secret().to_string(),
         };
         url.set_query(Some(&query));
-        let Some((transport, rest)) = next.split_first() else {
-            return Err(azure_core::Error::with_message(
-                azure_core::error::ErrorKind::Other,
-                "the SAS policy must not be the last policy of the pipeline",
-            ));
-        };
         // Transport errors quote the request URL, which now carries the signature: scrub
         // them here, before any caller (or the SDK's own logging) can see them.
-        transport
-            .send(ctx, request, rest)
+        send_next("the SAS policy", ctx, request, next)
             .await
             .map_err(scrub_error)
     }
+}
+
+/// Passes `request` on to the rest of the pipeline. Every authorization policy sits before the
+/// transport, so an empty `next` is a wiring mistake, reported rather than panicked on.
+pub(crate) async fn send_next(
+    policy: &str,
+    ctx: &Context<'_>,
+    request: &mut Request,
+    next: &[Arc<dyn Policy>],
+) -> PolicyResult {
+    let Some((first, rest)) = next.split_first() else {
+        return Err(azure_core::Error::with_message(
+            azure_core::error::ErrorKind::Other,
+            format!("{policy} must not be the last policy of the pipeline"),
+        ));
+    };
+    first.send(ctx, request, rest).await
 }
 
 /// The same error with any secret removed from its message.

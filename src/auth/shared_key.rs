@@ -121,13 +121,7 @@ impl Policy for SharedKeyPolicy {
         next: &[Arc<dyn Policy>],
     ) -> PolicyResult {
         self.authorize(request)?;
-        let Some((transport, rest)) = next.split_first() else {
-            return Err(Error::with_message(
-                ErrorKind::Other,
-                "SharedKeyPolicy must be followed by a transport policy",
-            ));
-        };
-        transport.send(ctx, request, rest).await
+        super::send_next("the Shared Key policy", ctx, request, next).await
     }
 }
 

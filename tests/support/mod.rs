@@ -843,3 +843,14 @@ pub async fn command(args: &[&str], env: &[(String, String)]) -> (i32, String, S
     .await
     .expect("command thread")
 }
+
+/// The line of `check` output about `name`, e.g. `FAIL queue: ...`.
+pub fn check_line<'a>(stdout: &'a str, name: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| {
+            l.get(5..)
+                .is_some_and(|rest| rest.starts_with(&format!("{name}:")))
+        })
+        .unwrap_or_else(|| panic!("no {name} line in:\n{stdout}"))
+}
