@@ -644,8 +644,9 @@ pub fn b64(bytes: &[u8]) -> String {
 }
 
 impl Azurite {
-    /// Stops Azurite gracefully (SIGTERM), letting an on-disk workspace flush.
-    pub async fn stop(&mut self) {
+    /// Stops Azurite gracefully (SIGTERM), letting an on-disk workspace flush. False if it had
+    /// to be killed after 10 s.
+    pub async fn stop(&mut self) -> bool {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -653,11 +654,12 @@ impl Azurite {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.kill();
+        false
     }
 }
 

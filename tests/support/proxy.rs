@@ -72,8 +72,10 @@ pub struct Proxied {
     pub query: String,
     pub at: Instant,
     /// What the rule decided: `forward`, `answer`, `delay_forward`, `delay_answer`,
-    /// `cut_before`, `cut_after`; `upstream_failed` when Azurite could not be reached (the
-    /// client's connection is then reset; the service may or may not have applied it).
+    /// `cut_before`, `cut_after`; or what happened upstream instead: `upstream_down` (no
+    /// connection to Azurite: answered 503 ServerBusy, certainly not applied) and
+    /// `upstream_failed` (the exchange with Azurite broke after the request was sent: the
+    /// client's connection is reset; Azurite may or may not have applied it).
     pub action: &'static str,
     /// Azurite's status, for forwarded requests that it answered.
     pub upstream_status: Option<u16>,
@@ -274,11 +276,26 @@ async fn handle(
                 _ => Ok(response),
             }
         }
+        Err(error) if error.is_connect() => {
+            set_status(None, Some("upstream_down"));
+            Ok(busy())
+        }
         Err(_) => {
             set_status(None, Some("upstream_failed"));
             Err(reset(socket))
         }
     }
+}
+
+/// 503 ServerBusy, as the service's front end answers when it cannot serve.
+fn busy() -> Response {
+    let mut answer = hyper::Response::new(Full::new(Bytes::new()));
+    *answer.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+    answer.headers_mut().insert(
+        "x-ms-error-code",
+        hyper::header::HeaderValue::from_static("ServerBusy"),
+    );
+    answer
 }
 
 /// Sets SO_LINGER to zero, so the close that follows (hyper drops the connection when the
