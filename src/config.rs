@@ -271,7 +271,7 @@ pub const VARIABLES: &[VariableDoc] = &[
     VariableDoc {
         name: "VISIBILITY_TIMEOUT",
         default: "30s",
-        meaning: "lease taken on each received message, 1s..7d",
+        meaning: "lease taken on each received message, 1s..7d; renewed at half-life while a delivery or its delete runs",
     },
     VariableDoc {
         name: "POLL_MIN_INTERVAL",
@@ -301,7 +301,7 @@ pub const VARIABLES: &[VariableDoc] = &[
     VariableDoc {
         name: "MAX_DEQUEUE_COUNT",
         default: "5",
-        meaning: "delivery attempts before a message goes to the poison queue; 0 disables poisoning",
+        meaning: "poison a message whose attempt fails once the queue's DequeueCount (receives, not only attempts) reaches this; 0 disables poisoning",
     },
     VariableDoc {
         name: "POISON_QUEUE_NAME",
@@ -316,7 +316,7 @@ pub const VARIABLES: &[VariableDoc] = &[
     VariableDoc {
         name: "SHUTDOWN_TIMEOUT",
         default: "20s",
-        meaning: "on SIGTERM, how long deliveries in progress may finish before their messages are released",
+        meaning: "on SIGTERM, how long deliveries in progress may finish before their messages are released (a second SIGTERM stops at once)",
     },
     VariableDoc {
         name: "LOG_FORMAT",

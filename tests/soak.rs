@@ -742,12 +742,14 @@ async fn soak_compound_faults() {
         .map(|p| p.key)
         .collect();
     let acked_keys = |endpoint: &Endpoint| -> HashSet<u64> {
+        // Answers first: a request is recorded before its answer, so every answer read here
+        // has its request in the later snapshot.
+        let answers = endpoint.answers();
         let received = endpoint.received();
-        endpoint
-            .answers()
+        answers
             .iter()
             .filter(|a| (200..300).contains(&a.status))
-            .filter_map(|a| key_of(&received[a.index].body_text()))
+            .filter_map(|a| key_of(&received.get(a.index)?.body_text()))
             .collect()
     };
     let settle_deadline = Instant::now() + settings.settle;
@@ -779,10 +781,11 @@ async fn soak_compound_faults() {
         }
     }
 
-    // Every POST, with its answer.
+    // Every POST, with its answer (the sidecars are stopped: nothing changes any more).
+    let answers = endpoint.answers();
     let received = endpoint.received();
     let mut answer_of: HashMap<usize, (u16, f64)> = HashMap::new();
-    for answer in endpoint.answers() {
+    for answer in &answers {
         answer_of.insert(answer.index, (answer.status, clock.at(answer.at)));
     }
     let mut posts: BTreeMap<u64, Vec<Post>> = BTreeMap::new();
@@ -919,8 +922,7 @@ async fn soak_compound_faults() {
         produced.len(),
         marked_count,
         received.len(),
-        endpoint
-            .answers()
+        answers
             .iter()
             .filter(|a| (200..300).contains(&a.status))
             .count()

@@ -221,7 +221,8 @@ impl InternalEvent for LeaseLost<'_> {
 }
 
 /// One try of a queue call failed and will be retried (the final failure of a call is a
-/// [`QueueCallFailed`] or a more specific event). Counted; logged at debug level only.
+/// [`QueueCallFailed`] or a more specific event). Counted; logged at debug level only, and
+/// not a readiness failure: only a call that fails for good is.
 pub struct QueueCallRetried<'a> {
     pub error: &'a QueueError,
     /// 1 for the first try.
@@ -238,7 +239,6 @@ impl InternalEvent for QueueCallRetried<'_> {
                 ("kind", self.error.kind.as_str().to_string()),
             ])
             .inc();
-        health().queue_failed(self.error.operation, self.error.kind);
         debug!(
             operation = self.error.operation.as_str(),
             kind = self.error.kind.as_str(),
