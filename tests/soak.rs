@@ -818,6 +818,8 @@ async fn soak_compound_faults() {
     let mut latencies = Vec::new();
     // Messages the endpoint accepted at the first try: the pump's own pace under the faults.
     let mut first_try_latencies = Vec::new();
+    // The same, per quarter of the production time (enqueued in it): does the run slow down?
+    let mut by_quarter: [Vec<f64>; 4] = Default::default();
     let mut duplicates = Vec::new();
     let mut unexplained = Vec::new();
     let mut extra_copies = Vec::new();
@@ -862,6 +864,8 @@ async fn soak_compound_faults() {
         latencies.push(first.answered_at() - message.at);
         if failures(settings.seed, message.key) == 0 {
             first_try_latencies.push(first.answered_at() - message.at);
+            let quarter = ((message.at / production_end) * 4.0).clamp(0.0, 3.0) as usize;
+            by_quarter[quarter].push(first.answered_at() - message.at);
         }
         for again in mine {
             if std::ptr::eq(again, first) || !(again.at > first.answered_at() || again.acked()) {
@@ -887,6 +891,13 @@ async fn soak_compound_faults() {
     }
     latencies.sort_by(f64::total_cmp);
     first_try_latencies.sort_by(f64::total_cmp);
+    for quarter in &mut by_quarter {
+        quarter.sort_by(f64::total_cmp);
+    }
+    let quarters: Vec<String> = by_quarter
+        .iter()
+        .map(|q| format!("{:.0}", percentile(q, 50.0) * 1000.0))
+        .collect();
 
     // The report.
     let count = |what: fn(&Chaos) -> bool| chaos.iter().filter(|e| what(&e.what)).count();
@@ -969,9 +980,10 @@ async fn soak_compound_faults() {
     );
     let _ = writeln!(
         report,
-        "    (messages the endpoint took at the first try: p50 {:.0} ms, p99 {:.0} ms)",
+        "    (messages the endpoint took at the first try: p50 {:.0} ms, p99 {:.0} ms; p50 by quarter of the run {} ms)",
         percentile(&first_try_latencies, 50.0) * 1000.0,
         percentile(&first_try_latencies, 99.0) * 1000.0,
+        quarters.join(" / "),
     );
     let _ = writeln!(
         report,
