@@ -24,6 +24,9 @@ pub const DEFAULT_CE_TYPE: &str = "com.microsoft.azure.queuestorage";
 /// Service limits that bound the configuration (Azure Queue Storage REST reference).
 const MAX_BATCH_SIZE: u32 = 32;
 const MAX_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The shortest delay before a retry: the smallest `RETRY_BASE_DELAY` accepted, and the floor
+/// of every retry delay (an endpoint's `Retry-After: 0` included).
+pub const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_IN_FLIGHT_LIMIT: usize = 4096;
 
 /// A configuration mistake: which variable, and what was expected of it.
@@ -268,7 +271,7 @@ pub const VARIABLES: &[VariableDoc] = &[
     VariableDoc {
         name: "VISIBILITY_TIMEOUT",
         default: "30s",
-        meaning: "lease taken on each received message, 1s..7d",
+        meaning: "lease taken on each received message, 1s..7d; renewed at half-life while a delivery or its delete runs",
     },
     VariableDoc {
         name: "POLL_MIN_INTERVAL",
@@ -288,7 +291,7 @@ pub const VARIABLES: &[VariableDoc] = &[
     VariableDoc {
         name: "RETRY_BASE_DELAY",
         default: "1s",
-        meaning: "delay before the first retry of a failed delivery; doubles per attempt (with jitter)",
+        meaning: "delay before the first retry of a failed delivery, at least 100ms; doubles per attempt (with jitter); the queue counts whole seconds",
     },
     VariableDoc {
         name: "RETRY_MAX_DELAY",
@@ -298,7 +301,7 @@ pub const VARIABLES: &[VariableDoc] = &[
     VariableDoc {
         name: "MAX_DEQUEUE_COUNT",
         default: "5",
-        meaning: "delivery attempts before a message goes to the poison queue; 0 disables poisoning",
+        meaning: "poison a message whose attempt fails once the queue's DequeueCount (receives, not only attempts) reaches this; 0 disables poisoning",
     },
     VariableDoc {
         name: "POISON_QUEUE_NAME",
@@ -313,7 +316,7 @@ pub const VARIABLES: &[VariableDoc] = &[
     VariableDoc {
         name: "SHUTDOWN_TIMEOUT",
         default: "20s",
-        meaning: "on SIGTERM, how long deliveries in progress may finish before their messages are released",
+        meaning: "on SIGTERM, how long deliveries in progress may finish before their messages are released (a second SIGTERM stops at once)",
     },
     VariableDoc {
         name: "LOG_FORMAT",
@@ -782,6 +785,13 @@ fn queue_url(service: &Url, queue_name: &str) -> Url {
 
 fn retry_config(env: &Env, storage: &StorageConfig) -> Result<RetryConfig, ConfigError> {
     let base_delay = env.duration("RETRY_BASE_DELAY", Duration::from_secs(1))?;
+    if base_delay < MIN_RETRY_DELAY {
+        // A shorter delay would let MAX_DEQUEUE_COUNT=0 spin on a failing message.
+        return Err(ConfigError::new(
+            "RETRY_BASE_DELAY",
+            "expected a duration of at least 100ms (retry delays are whole seconds at the queue: anything under 1s waits 1s)",
+        ));
+    }
     let max_delay = env.duration("RETRY_MAX_DELAY", Duration::from_secs(300))?;
     if max_delay > MAX_VISIBILITY_TIMEOUT {
         return Err(ConfigError::new(
@@ -1272,6 +1282,15 @@ mod tests {
         assert_eq!(
             error_variable(&base(&[("HTTP_TIMEOUT", "30")])),
             "HTTP_TIMEOUT"
+        );
+        // A retry sooner than 100 ms would make a hot loop with MAX_DEQUEUE_COUNT=0.
+        assert_eq!(
+            error_variable(&base(&[("RETRY_BASE_DELAY", "0s")])),
+            "RETRY_BASE_DELAY"
+        );
+        assert_eq!(
+            error_variable(&base(&[("RETRY_BASE_DELAY", "99ms")])),
+            "RETRY_BASE_DELAY"
         );
         assert_eq!(error_variable(&base(&[("CE_MODE", "batched")])), "CE_MODE");
         assert_eq!(

@@ -2,9 +2,21 @@
 //!
 //! The answer is classified with Knative's delivery rules, so the sidecar behaves like the
 //! event sources the endpoint may already know: 2xx is delivered; 404, 408, 409, 425, 429, 5xx,
-//! timeouts and connection failures are worth retrying; 400, 401, 403, 410, 413, 415, 422 and
+//! timeouts and broken connections are worth retrying; 400, 401, 403, 410, 413, 415, 422 and
 //! other 4xx will fail the same way again; 1xx/3xx are unexpected (redirects are not followed
 //! on POST) and retried.
+//!
+//! Without an answer, what matters is whether the request can have reached the endpoint:
+//!
+//! - [`Failure::Connection`]: no connection was made (refused, DNS, TLS handshake, connect
+//!   timeout). The endpoint never saw the event; this is not an attempt, it never poisons, and
+//!   it feeds the endpoint-down pause.
+//! - [`Failure::Dropped`] and [`Failure::Timeout`]: the request was sent and the connection
+//!   broke, or no answer came in time. The endpoint may have seen (and crashed on) the event:
+//!   an attempt like any failed answer, so a message that kills the app's connection every
+//!   time reaches the poison queue after `MAX_DEQUEUE_COUNT` attempts.
+//! - [`Failure::Unsendable`]: the request could not even be built (e.g. a header value the
+//!   HTTP stack refuses). Retrying cannot help: undeliverable.
 
 use crate::event::HttpPayload;
 use std::time::Duration;
@@ -21,17 +33,25 @@ pub enum Failure {
     Status(u16),
     /// No answer within `HTTP_TIMEOUT`.
     Timeout,
-    /// The connection could not be made or broke (refused, reset, DNS, TLS).
+    /// No connection could be made (refused, DNS, TLS handshake): the request never reached
+    /// the endpoint.
     Connection(String),
+    /// The request was sent, then the connection closed or was reset without an answer.
+    Dropped(String),
+    /// The request could not be built from the event.
+    Unsendable(String),
 }
 
 impl Failure {
-    /// A short label for logs and metrics: the status code, `timeout` or `connection`.
+    /// A short label for logs and metrics: the status code, `timeout`, `connection`,
+    /// `dropped` or `unsendable`.
     pub fn label(&self) -> String {
         match self {
             Failure::Status(status) => status.to_string(),
             Failure::Timeout => "timeout".into(),
             Failure::Connection(_) => "connection".into(),
+            Failure::Dropped(_) => "dropped".into(),
+            Failure::Unsendable(_) => "unsendable".into(),
         }
     }
 
@@ -41,7 +61,14 @@ impl Failure {
             Failure::Status(status) => format!("HTTP {status}"),
             Failure::Timeout => "timed out".into(),
             Failure::Connection(detail) => format!("connection failed: {detail}"),
+            Failure::Dropped(detail) => format!("connection closed without an answer: {detail}"),
+            Failure::Unsendable(detail) => format!("cannot be sent: {detail}"),
         }
+    }
+
+    /// Whether the endpoint provably never saw the request (so it is not an attempt).
+    pub fn never_reached(&self) -> bool {
+        matches!(self, Failure::Connection(_) | Failure::Unsendable(_))
     }
 }
 
@@ -163,7 +190,8 @@ impl Deliverer {
     }
 
     /// Whether the endpoint accepts TCP (and TLS) connections: used to probe a down endpoint
-    /// without sending it an event.
+    /// without sending it an event. Any answer, or a connection the endpoint closed after
+    /// accepting it, counts as up.
     pub async fn probe(&self) -> Result<(), Failure> {
         let request = self
             .client
@@ -175,6 +203,10 @@ impl Deliverer {
                 Ok(())
             }
             Err(error) => match transport_failure(&error) {
+                Outcome::Retryable {
+                    failure: Failure::Dropped(_),
+                    ..
+                } => Ok(()),
                 Outcome::Retryable { failure, .. } | Outcome::Permanent { failure } => Err(failure),
                 Outcome::Delivered { .. } => Ok(()),
             },
@@ -193,11 +225,19 @@ async fn drain(mut response: reqwest::Response) {
     }
 }
 
+/// What a request that got no answer means (see the module docs). The connect check comes
+/// first: a connect timeout is a connection that was never made, not an attempt.
 fn transport_failure(error: &reqwest::Error) -> Outcome {
-    let failure = if error.is_timeout() {
+    let failure = if error.is_connect() {
+        Failure::Connection(root_cause(error))
+    } else if error.is_builder() {
+        return Outcome::Permanent {
+            failure: Failure::Unsendable(root_cause(error)),
+        };
+    } else if error.is_timeout() {
         Failure::Timeout
     } else {
-        Failure::Connection(root_cause(error))
+        Failure::Dropped(root_cause(error))
     };
     Outcome::Retryable {
         failure,
@@ -243,6 +283,98 @@ mod tests {
                 "permanent",
                 "{status}"
             );
+        }
+    }
+
+    fn deliverer(url: &str) -> Deliverer {
+        // Installed once per process; fails harmlessly if another test did it first.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Deliverer::new(
+            Url::parse(url).expect("url"),
+            Duration::from_secs(2),
+            "test",
+        )
+        .expect("client")
+    }
+
+    fn payload(headers: Vec<(String, String)>) -> HttpPayload {
+        HttpPayload {
+            headers,
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_never_reached_the_endpoint() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr").port()
+        };
+        let outcome = deliverer(&format!("http://127.0.0.1:{port}/"))
+            .deliver(payload(Vec::new()))
+            .await;
+        assert!(
+            matches!(
+                &outcome,
+                Outcome::Retryable {
+                    failure: Failure::Connection(_),
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_after_the_request_is_an_attempt() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buffer = vec![0u8; 4096];
+            // Read the request, then hang up without a word.
+            let _ = stream.read(&mut buffer).await;
+        });
+        let outcome = deliverer(&format!("http://127.0.0.1:{port}/"))
+            .deliver(payload(Vec::new()))
+            .await;
+        server.await.expect("server");
+        assert!(
+            matches!(
+                &outcome,
+                Outcome::Retryable {
+                    failure: Failure::Dropped(_),
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert!(!outcome_failure(&outcome).never_reached());
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_is_permanent() {
+        let outcome = deliverer("http://127.0.0.1:9/")
+            .deliver(payload(vec![("ce-bad".into(), "line\nbreak".into())]))
+            .await;
+        assert!(
+            matches!(
+                &outcome,
+                Outcome::Permanent {
+                    failure: Failure::Unsendable(_)
+                }
+            ),
+            "{outcome:?}"
+        );
+    }
+
+    fn outcome_failure(outcome: &Outcome) -> &Failure {
+        match outcome {
+            Outcome::Retryable { failure, .. } | Outcome::Permanent { failure } => failure,
+            Outcome::Delivered { .. } => panic!("delivered"),
         }
     }
 

@@ -10,16 +10,19 @@
 //!   pipeline policies on the official `azure_storage_queue` client, or with Microsoft Entra ID
 //!   tokens from a workload or managed identity (`azure_identity`).
 //! - [`queue`]: the queue operations we use (receive, delete, update, send, properties), with
-//!   failures classified into what the loop can act on.
+//!   failures classified into what the loop can act on, and the one retry layer of every queue
+//!   call (explicit time budgets; the SDK's own retries are off).
 //! - [`event`]: queue message → CloudEvent → HTTP headers and body (binary or structured).
 //! - [`delivery`]: one POST and the meaning of its answer.
 //! - [`retry`]: the rules after an attempt — delete, retry later (and when), or poison.
-//! - [`worker`]: one message's life — POST with lease renewal, then delete, retry or poison.
+//! - [`worker`]: one message's life — POST with lease renewal, then delete, retry or poison,
+//!   every queue call bounded by the message's lease.
 //! - [`poison`]: the poison queue and its envelope format.
 //! - [`pump`]: the receive loop — bounded concurrency, idle backoff, pause while the endpoint is
 //!   down, graceful drain.
 //! - [`runtime`]: wiring the parts together from a [`config::Config`].
-//! - [`shutdown`]: the stop signal every long-running task listens to.
+//! - [`shutdown`]: the stop signal every long-running task listens to, and the second one
+//!   ("stop now").
 //! - [`telemetry`]: typed events that write the log line and bump the metric together.
 //! - [`backoff`]: randomized exponential backoff, shared by idle polling and fault handling.
 //! - [`admin`]: the HTTP server for `/healthz`, `/readyz` and `/metrics`.
@@ -31,7 +34,7 @@
 //! - [`trust`]: custom CA trust (`SSL_CERT_FILE`, `SSL_CERT_DIR`, Knative's `K_CA_CERTS`).
 //!
 //! The binary (`main.rs`) reads the configuration, installs logging, turns SIGTERM/SIGINT into
-//! a shutdown, runs the pump and prints a one-line summary.
+//! a shutdown (a second one into "stop now"), runs the pump and prints a one-line summary.
 
 pub mod admin;
 pub mod auth;

@@ -57,14 +57,24 @@ fn run() -> ExitCode {
     runtime.block_on(async move {
         let (trigger, listener) = shutdown::channel();
         tokio::spawn(async move {
-            match shutdown::signal().await {
-                Ok(signal) => info!(
-                    signal,
-                    "shutdown requested: no new messages, finishing deliveries in progress"
-                ),
-                Err(e) => error!(error = %e, "cannot listen for signals; stopping"),
-            }
+            let mut signals = match shutdown::Signals::new() {
+                Ok(signals) => signals,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for signals; stopping");
+                    trigger.trigger();
+                    return;
+                }
+            };
+            let signal = signals.next().await;
+            info!(
+                signal,
+                "shutdown requested: no new messages, finishing deliveries in progress (send it again to stop now)"
+            );
             trigger.trigger();
+            // A second signal during the drain: stop now (the pump says what it cuts off).
+            let signal = signals.next().await;
+            info!(signal, "second signal: stopping now");
+            trigger.stop_now();
         });
         match runtime::run(&config, listener).await {
             Ok(summary) => {
@@ -74,6 +84,7 @@ fn run() -> ExitCode {
                     delivered_not_deleted = summary.delivered_not_deleted,
                     retries_scheduled = summary.retries_scheduled,
                     poisoned = summary.poisoned,
+                    poisoned_not_deleted = summary.poisoned_not_deleted,
                     released = summary.released,
                     left = summary.left,
                     "stopped"

@@ -17,7 +17,7 @@
 //! The poison queue is created only when `CREATE_POISON_QUEUE=true`; otherwise a missing queue,
 //! like a missing permission, keeps the message in the main queue.
 
-use crate::queue::{Queue, QueueError, QueueErrorKind, ReceivedMessage};
+use crate::queue::{Budget, Queue, QueueError, QueueErrorKind, ReceivedMessage};
 use crate::retry::PoisonReason;
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
@@ -88,14 +88,18 @@ impl PoisonQueue {
         self.queue.name()
     }
 
-    /// Writes `text` to the poison queue, creating the queue first if allowed and needed.
-    pub async fn put(&self, text: &str) -> Result<(), PoisonError> {
-        match self.queue.send(text, None, None).await {
+    /// Writes `text` to the poison queue, retrying within `budget` (the message's lease),
+    /// creating the queue first if allowed and needed.
+    ///
+    /// Put Message is not idempotent: a retry after a try whose answer was lost can leave two
+    /// copies. An error whose [`QueueError::maybe_applied`] is true means a copy may exist.
+    pub async fn put(&self, text: &str, budget: Budget) -> Result<(), PoisonError> {
+        match self.queue.send_within(text, budget).await {
             Ok(_) => Ok(()),
             Err(error) if error.kind == QueueErrorKind::QueueNotFound && self.create => {
                 self.queue.create().await.map_err(classify)?;
                 self.queue
-                    .send(text, None, None)
+                    .send_within(text, budget)
                     .await
                     .map(drop)
                     .map_err(classify)

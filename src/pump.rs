@@ -17,16 +17,23 @@
 //! backoff until it accepts connections again.
 //!
 //! On shutdown the loop stops receiving and gives the deliveries in progress
-//! `SHUTDOWN_TIMEOUT`; what is still running then is cut off and its messages released, as are
-//! messages a last receive brought in after the stop.
+//! `SHUTDOWN_TIMEOUT`; what is still running then is cut off and its messages released. A
+//! receive under way when the signal comes may finish (its messages are leased already) and
+//! its messages are delivered like the others: releasing them would only bump their dequeue
+//! count for nothing. A second signal stops at once: deliveries in progress are cut off,
+//! their messages released, and the process exits within a few seconds.
+//!
+//! Worst case from the first signal to exit: [`RECEIVE_GRACE`] + `SHUTDOWN_TIMEOUT` +
+//! [`RELEASE_GRACE`] (a pod's `terminationGracePeriodSeconds` must cover that, plus the app's
+//! own shutdown).
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::queue::{Operation, Queue, QueueError, QueueErrorKind, ReceivedMessage};
+use crate::queue::{Batch, Budget, Queue, QueueError, QueueErrorKind, MAX_TRY};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::telemetry::events::{
     DrainFinished, EndpointDown, EndpointUp, InternalEvent, PumpHeartbeat, QueueCallFailed,
-    QueueRecovered, ReceiveSucceeded,
+    ReceiveSucceeded, StopNowRequested,
 };
 use crate::worker::{Disposition, Worker};
 use std::sync::Arc;
@@ -37,13 +44,19 @@ use tokio::task::JoinSet;
 /// Backoff bounds while the queue service fails.
 const FAILURE_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A Get Messages that fails is retried (by the queue layer) for this long before the loop
+/// reports the failure and backs off: a blip is smoothed over, an outage is noticed in seconds.
+const RECEIVE_RETRY_WINDOW: Duration = Duration::from_secs(2);
 /// How long a receive already under way may finish after shutdown was requested: its messages
 /// are leased by then, and abandoning the call would hide them until the lease expires.
-const RECEIVE_GRACE: Duration = Duration::from_secs(5);
+pub const RECEIVE_GRACE: Duration = Duration::from_secs(5);
 /// How often the loop reports it is alive while waiting for free delivery slots.
 const HEARTBEAT: Duration = Duration::from_secs(5);
-/// After the shutdown timeout, how long releasing the cut-off messages may take.
-const RELEASE_GRACE: Duration = Duration::from_secs(10);
+/// After the shutdown timeout, how long releasing the cut-off messages (and finishing deletes
+/// already under way) may take.
+pub const RELEASE_GRACE: Duration = Duration::from_secs(10);
+/// After a second signal, how long releasing the messages in flight may take.
+const STOP_NOW_GRACE: Duration = Duration::from_secs(3);
 /// Probe backoff while the endpoint is down.
 const PROBE_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -87,6 +100,7 @@ pub struct Summary {
     pub delivered_not_deleted: u64,
     pub retries_scheduled: u64,
     pub poisoned: u64,
+    pub poisoned_not_deleted: u64,
     pub released: u64,
     pub left: u64,
 }
@@ -98,6 +112,7 @@ impl Summary {
             Disposition::DeliveredNotDeleted => &mut self.delivered_not_deleted,
             Disposition::RetryScheduled => &mut self.retries_scheduled,
             Disposition::Poisoned => &mut self.poisoned,
+            Disposition::PoisonedNotDeleted => &mut self.poisoned_not_deleted,
             Disposition::Released => &mut self.released,
             Disposition::Left => &mut self.left,
         };
@@ -126,14 +141,10 @@ impl QueueHealth {
         .emit();
     }
 
-    fn succeeded(&mut self, operation: Operation) {
-        if self.failing.take().is_some() {
-            QueueRecovered {
-                operation,
-                failures: self.failures,
-            }
-            .emit();
-        }
+    /// A receive succeeded: the next failure is a change of state again. (The recovery line
+    /// itself comes from the health state, whichever call gets through first.)
+    fn succeeded(&mut self) {
+        self.failing = None;
         self.failures = 0;
     }
 }
@@ -195,8 +206,11 @@ impl Pump {
             let received = self
                 .receive(permits.num_permits() as u32, &mut shutdown)
                 .await;
-            let messages = match received {
-                Ok(messages) => messages,
+            let Batch {
+                messages,
+                leased_until,
+            } = match received {
+                Ok(batch) => batch,
                 Err(error) => {
                     let delay = failing.next_delay();
                     health.failed(&error, delay);
@@ -205,7 +219,7 @@ impl Pump {
                     continue 'receive;
                 }
             };
-            health.succeeded(Operation::Receive);
+            health.succeeded();
             failing.reset();
             ReceiveSucceeded {
                 count: messages.len(),
@@ -219,11 +233,13 @@ impl Pump {
             }
             idle.reset();
             summary.received += messages.len() as u64;
-            if shutdown.is_requested() {
-                // A receive that finished after the stop: hand the messages back at once.
+            if shutdown.is_stop_now() {
+                // A receive that finished after "stop now": hand the messages back at once.
                 for message in messages {
                     let worker = self.worker.clone();
-                    tasks.spawn(async move { worker.release_unstarted(message).await });
+                    tasks.spawn(
+                        async move { worker.release_unstarted(message, leased_until).await },
+                    );
                 }
                 break 'receive;
             }
@@ -233,39 +249,70 @@ impl Pump {
                     // more, the extra ones simply come back after their lease.
                     break;
                 };
-                self.spawn(&mut tasks, message, permit, hard_stop_listener.clone());
+                self.spawn(
+                    &mut tasks,
+                    message,
+                    leased_until,
+                    permit,
+                    hard_stop_listener.clone(),
+                );
+            }
+            if shutdown.is_requested() {
+                // The last receive finished after the signal: its messages are delivered in
+                // the drain like any other (they are leased and counted already).
+                break 'receive;
             }
         }
 
-        self.drain(tasks, hard_stop, &mut summary).await;
+        self.drain(tasks, hard_stop, &mut summary, &mut shutdown)
+            .await;
         summary
     }
 
-    /// Waits up to `SHUTDOWN_TIMEOUT` for deliveries in progress, then cuts the rest off; they
-    /// release their messages.
+    /// Waits up to `SHUTDOWN_TIMEOUT` for deliveries in progress (less if a second signal
+    /// comes), then cuts the rest off; they release their messages.
     async fn drain(
         &self,
         mut tasks: JoinSet<Disposition>,
         hard_stop: ShutdownTrigger,
         summary: &mut Summary,
+        shutdown: &mut Shutdown,
     ) {
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
-        let mut timed_out = false;
-        loop {
-            match tokio::time::timeout_at(deadline, tasks.join_next()).await {
-                Ok(Some(done)) => record(summary, done),
-                Ok(None) => break,
-                Err(_elapsed) => {
-                    timed_out = true;
-                    break;
+        let mut grace = None;
+        let mut stop_now = shutdown.clone();
+        while grace.is_none() {
+            tokio::select! {
+                biased;
+                _ = stop_now.wait_stop_now() => {
+                    StopNowRequested { in_flight: tasks.len() }.emit();
+                    grace = Some(STOP_NOW_GRACE);
                 }
+                done = tasks.join_next() => match done {
+                    Some(done) => record(summary, done),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => grace = Some(RELEASE_GRACE),
             }
         }
-        if timed_out {
+        let timed_out = grace.is_some();
+        if let Some(grace) = grace {
             hard_stop.trigger();
-            let grace = tokio::time::Instant::now() + RELEASE_GRACE;
-            while let Ok(Some(done)) = tokio::time::timeout_at(grace, tasks.join_next()).await {
-                record(summary, done);
+            let mut until = tokio::time::Instant::now() + grace;
+            let mut stopping_now = shutdown.is_stop_now();
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop_now.wait_stop_now(), if !stopping_now => {
+                        StopNowRequested { in_flight: tasks.len() }.emit();
+                        stopping_now = true;
+                        until = until.min(tokio::time::Instant::now() + STOP_NOW_GRACE);
+                    }
+                    done = tokio::time::timeout_at(until, tasks.join_next()) => match done {
+                        Ok(Some(done)) => record(summary, done),
+                        _ => break,
+                    },
+                }
             }
             // Whatever is still stuck now is abandoned; its lease expires on its own.
             summary.left += tasks.len() as u64;
@@ -305,34 +352,45 @@ impl Pump {
         }
     }
 
-    /// One Get Messages call. If shutdown arrives meanwhile, the call is still given a moment
-    /// to finish, since the service may already have leased messages to it.
-    async fn receive(
-        &self,
-        count: u32,
-        shutdown: &mut Shutdown,
-    ) -> Result<Vec<ReceivedMessage>, QueueError> {
-        let call = self.queue.receive(count, self.settings.visibility_timeout);
+    /// One Get Messages call (retried briefly by the queue layer). If shutdown arrives
+    /// meanwhile, the call is still given a moment to finish, since the service may already
+    /// have leased messages to it; a second signal ends that wait.
+    async fn receive(&self, count: u32, shutdown: &mut Shutdown) -> Result<Batch, QueueError> {
+        let call = self.queue.receive_within(
+            count,
+            self.settings.visibility_timeout,
+            Budget::retry_for(RECEIVE_RETRY_WINDOW, MAX_TRY),
+        );
         tokio::pin!(call);
+        let abandoned = || Batch {
+            messages: Vec::new(),
+            leased_until: Instant::now(),
+        };
         tokio::select! {
             result = &mut call => result,
-            _ = shutdown.wait() => match tokio::time::timeout(RECEIVE_GRACE, &mut call).await {
-                Ok(result) => result,
-                Err(_) => Ok(Vec::new()),
-            },
+            _ = shutdown.wait() => {
+                let mut stop_now = shutdown.clone();
+                tokio::select! {
+                    result = tokio::time::timeout(RECEIVE_GRACE, &mut call) => {
+                        result.unwrap_or_else(|_| Ok(abandoned()))
+                    }
+                    _ = stop_now.wait_stop_now() => Ok(abandoned()),
+                }
+            }
         }
     }
 
     fn spawn(
         &self,
         tasks: &mut JoinSet<Disposition>,
-        message: ReceivedMessage,
+        message: crate::queue::ReceivedMessage,
+        leased_until: Instant,
         permit: OwnedSemaphorePermit,
         hard_stop: Shutdown,
     ) {
         let worker = self.worker.clone();
         tasks.spawn(async move {
-            let disposition = worker.handle(message, hard_stop).await;
+            let disposition = worker.handle(message, leased_until, hard_stop).await;
             drop(permit);
             disposition
         });

@@ -1,19 +1,33 @@
 //! The queue: a thin, typed layer over the official `azure_storage_queue` client.
 //!
-//! It does three things the raw client does not: it builds the client on our own `reqwest`
+//! It does four things the raw client does not: it builds the client on our own `reqwest`
 //! transport and authorization policies, it turns SDK models (all `Option`s) into a
-//! [`ReceivedMessage`] the rest of the crate can trust, and it classifies failures into
+//! [`ReceivedMessage`] the rest of the crate can trust, it classifies failures into
 //! [`QueueErrorKind`]s that the receive loop can act on (back off, report, or treat a lost lease
-//! as someone else's message). Error text is passed through [`redact`] because transport errors
-//! quote request URLs, and SAS tokens travel in URLs. Every call's latency is reported for the
-//! queue-call histogram.
+//! as someone else's message), and it is the **one retry layer** of every queue call.
+//!
+//! ## Retries
+//!
+//! The SDK's own retry policy is off: a call is retried here, and only here, with backoff, for
+//! as long as its [`Budget`] allows — for a call on a leased message, until shortly before the
+//! lease ends, each try bounded so that a hung try leaves room for another. Stacked retry
+//! layers (the SDK's under ours) multiplied tries, hid the time spent, and replayed one
+//! `Request` through per-try policies that were not written for it.
+//!
+//! A try whose answer never arrived (reset, timeout) may still have been applied by the
+//! service. The error says so ([`QueueError::outcome_unknown`]), and a retried Delete that then
+//! finds the message gone reports [`Deleted::ByEarlierTry`] instead of a lost lease.
+//!
+//! Error text is passed through [`redact`] because transport errors quote request URLs, and
+//! SAS tokens travel in URLs. Every try's latency is reported for the queue-call histogram.
 
 use crate::auth::secret::{error_chain, redact};
 use crate::auth::Credential;
-use crate::telemetry::events::{InternalEvent, QueueCallCompleted};
+use crate::backoff::Backoff;
+use crate::telemetry::events::{InternalEvent, QueueCallCompleted, QueueCallRetried};
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::HeaderName;
-use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, Transport};
+use azure_core::http::{ClientOptions, RetryOptions, Transport};
 use azure_storage_queue::models::{
     QueueClientGetPropertiesResultHeaders, QueueClientReceiveMessagesOptions,
     QueueClientSendMessageOptions, QueueMessage,
@@ -28,6 +42,114 @@ use url::Url;
 
 /// The header carrying the new pop receipt after Update Message.
 const POP_RECEIPT: HeaderName = HeaderName::from_static("x-ms-popreceipt");
+
+/// The longest a single try may take (also the HTTP client's own request timeout).
+pub const MAX_TRY: Duration = Duration::from_secs(30);
+/// A try on a leased message never gets less than this.
+const MIN_TRY: Duration = Duration::from_secs(1);
+/// Of the time left on a lease, a try leaves a third (at most this much) for a retry.
+const RETRY_RESERVE: Duration = Duration::from_secs(2);
+/// Backoff between tries of one call.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// How long a queue call, retries included, may go on.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// No try starts after this.
+    until: Instant,
+    per_try: TryBound,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TryBound {
+    Fixed(Duration),
+    /// The time left before `until` less a reserve for one more try (a third of it, at most
+    /// [`RETRY_RESERVE`]); at least [`MIN_TRY`], at most [`MAX_TRY`].
+    ///
+    /// Why not less: cutting a slow try short is not free. An Update that the service applied
+    /// but whose answer we stopped waiting for leaves a new pop receipt nobody will ever see.
+    /// Why not more: a try that hangs before reaching the service should leave room for one
+    /// that gets through before the lease ends.
+    LeaseBound,
+}
+
+impl Budget {
+    /// Tries may start during `window`; each may take up to `per_try`.
+    pub fn retry_for(window: Duration, per_try: Duration) -> Self {
+        Self {
+            until: Instant::now() + window,
+            per_try: TryBound::Fixed(per_try),
+        }
+    }
+
+    /// Tries until `deadline` (e.g. shortly before a lease ends). Each try gets the time left
+    /// less a reserve for one more, and at least a second. The first try runs even if the
+    /// deadline has passed: a pop receipt stays valid after its lease until someone else
+    /// receives the message.
+    pub fn until(deadline: Instant) -> Self {
+        Self {
+            until: deadline,
+            per_try: TryBound::LeaseBound,
+        }
+    }
+
+    /// One try of at most `per_try`.
+    pub fn once(per_try: Duration) -> Self {
+        Self {
+            until: Instant::now(),
+            per_try: TryBound::Fixed(per_try),
+        }
+    }
+
+    fn remaining(&self, now: Instant) -> Duration {
+        self.until.saturating_duration_since(now)
+    }
+
+    fn try_timeout(&self, now: Instant) -> Duration {
+        match self.per_try {
+            TryBound::Fixed(bound) => bound,
+            TryBound::LeaseBound => {
+                let left = self.remaining(now);
+                left.saturating_sub((left / 3).min(RETRY_RESERVE))
+                    .clamp(MIN_TRY, MAX_TRY)
+            }
+        }
+    }
+}
+
+/// How a Delete ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// The service confirmed it.
+    Now,
+    /// A retry found the message gone after a try whose answer was lost: that try deleted it.
+    ByEarlierTry,
+}
+
+/// A lease after Update Message: the new pop receipt and until when (at least) the message
+/// stays invisible, counted from when the successful try was sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Leased {
+    pub pop_receipt: String,
+    pub until: Instant,
+}
+
+impl fmt::Debug for Leased {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Leased")
+            .field("until", &self.until)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Messages from one Get Messages call, leased until (at least) `leased_until`: the instant the
+/// successful try was sent plus the visibility timeout.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub messages: Vec<ReceivedMessage>,
+    pub leased_until: Instant,
+}
 
 /// A message received under a lease (its visibility timeout).
 #[derive(Clone, PartialEq, Eq)]
@@ -149,10 +271,47 @@ pub struct QueueError {
     pub status: Option<u16>,
     /// The service's `x-ms-error-code`, when it answered.
     pub code: Option<String>,
+    /// This try may have been applied although it failed: its answer never arrived (reset,
+    /// timeout) or the service said it timed out (500).
+    pub outcome_unknown: bool,
+    /// An earlier try of the same call had an unknown outcome (see above).
+    pub earlier_try_unknown: bool,
     detail: String,
 }
 
 impl QueueError {
+    /// Whether the call may have taken effect (this try or an earlier one).
+    pub fn maybe_applied(&self) -> bool {
+        self.outcome_unknown || self.earlier_try_unknown
+    }
+
+    /// 404 `MessageNotFound`: no message with this id exists (any more).
+    pub fn is_message_not_found(&self) -> bool {
+        self.kind == QueueErrorKind::MessageGone && self.status == Some(404)
+    }
+
+    /// Worth another try: the service may answer differently in a moment.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.kind,
+            QueueErrorKind::Unreachable
+                | QueueErrorKind::Throttled
+                | QueueErrorKind::TokenUnavailable
+        )
+    }
+
+    fn timed_out(operation: Operation, after: Duration) -> Self {
+        Self {
+            operation,
+            kind: QueueErrorKind::Unreachable,
+            status: None,
+            code: None,
+            outcome_unknown: true,
+            earlier_try_unknown: false,
+            detail: format!("no answer within {} ms", after.as_millis()),
+        }
+    }
+
     fn from_sdk(operation: Operation, error: azure_core::Error) -> Self {
         let (status, code) = match error.kind() {
             ErrorKind::HttpResponse {
@@ -172,11 +331,19 @@ impl QueueError {
         if let Some(reason) = crate::auth::refusal::authentication_detail(&error) {
             detail = format!("{detail}: {reason}");
         }
+        // `Connection` means no connection was made: the request never left. `Io` is anything
+        // after that (reset, closed, body cut short): the service may have applied it.
+        let outcome_unknown = match status {
+            None => matches!(error.kind(), ErrorKind::Io),
+            Some(status) => status == 500,
+        };
         Self {
             operation,
             kind,
             status,
             code,
+            outcome_unknown,
+            earlier_try_unknown: false,
             detail,
         }
     }
@@ -187,8 +354,49 @@ impl QueueError {
             kind: QueueErrorKind::Other,
             status: None,
             code: None,
+            outcome_unknown: false,
+            earlier_try_unknown: false,
             detail: detail.into(),
         }
+    }
+}
+
+/// The retry layer: runs `call` until it succeeds, fails in a way retrying cannot fix, or
+/// `budget` has no room for another try. Failed tries that are retried are reported (metric,
+/// debug line); the final error is the caller's to report, since only it knows what it means.
+async fn retrying<T, F, Fut>(
+    operation: Operation,
+    budget: Budget,
+    mut call: F,
+) -> Result<T, QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, QueueError>>,
+{
+    let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+    let mut earlier_try_unknown = false;
+    let mut attempt = 1u32;
+    loop {
+        let limit = budget.try_timeout(Instant::now());
+        let mut error = match tokio::time::timeout(limit, call()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => error,
+            Err(_elapsed) => QueueError::timed_out(operation, limit),
+        };
+        error.earlier_try_unknown = earlier_try_unknown;
+        earlier_try_unknown |= error.outcome_unknown;
+        let delay = backoff.next_delay();
+        if !error.is_transient() || budget.remaining(Instant::now()) < delay {
+            return Err(error);
+        }
+        QueueCallRetried {
+            error: &error,
+            attempt,
+            retry_in: delay,
+        }
+        .emit();
+        tokio::time::sleep(delay).await;
+        attempt += 1;
     }
 }
 
@@ -294,14 +502,8 @@ impl QueueConnector {
         let client_options = ClientOptions {
             transport: Some(Transport::new(Arc::new(http.clone()))),
             per_try_policies: self.credential.per_try_policies(),
-            // The receive loop has its own backoff and reports state changes; the SDK only
-            // smooths over a blip, briefly, so a dead service is noticed within seconds.
-            retry: RetryOptions::exponential(ExponentialRetryOptions {
-                initial_delay: azure_core::time::Duration::milliseconds(100),
-                max_retries: 2,
-                max_total_elapsed: azure_core::time::Duration::seconds(5),
-                max_delay: azure_core::time::Duration::seconds(1),
-            }),
+            // One retry layer, with explicit time budgets: ours (see the module docs).
+            retry: RetryOptions::none(),
             ..Default::default()
         };
         let options = QueueClientOptions {
@@ -318,7 +520,8 @@ impl QueueConnector {
 }
 
 /// The builder for the reqwest client used for queue calls: pooled, no redirects, a bound on
-/// every request so a hung connection cannot stall the loop forever.
+/// every request ([`MAX_TRY`]) so a hung connection cannot stall the loop forever. Calls on
+/// leased messages are bounded tighter, by their lease (see [`Budget`]).
 pub fn http_client(user_agent: &str) -> reqwest::Result<reqwest::Client> {
     http_client_builder(user_agent).build()
 }
@@ -338,7 +541,7 @@ fn http_client_builder(user_agent: &str) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(user_agent)
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
+        .timeout(MAX_TRY)
         .pool_idle_timeout(Duration::from_secs(50))
         .redirect(reqwest::redirect::Policy::none())
 }
@@ -354,7 +557,72 @@ impl Queue {
         &self.name
     }
 
-    /// Get Messages: up to `max` messages (1..=32), each leased for `visibility`.
+    /// Get Messages with retries within `budget`; the batch says until when it is leased.
+    pub async fn receive_within(
+        &self,
+        max: u32,
+        visibility: Duration,
+        budget: Budget,
+    ) -> Result<Batch, QueueError> {
+        retrying(Operation::Receive, budget, || async move {
+            let sent = Instant::now();
+            let messages = self.receive(max, visibility).await?;
+            Ok(Batch {
+                messages,
+                leased_until: sent + Duration::from_secs(whole_seconds(visibility) as u64),
+            })
+        })
+        .await
+    }
+
+    /// Delete Message with retries within `budget`.
+    pub async fn delete_within(
+        &self,
+        id: &str,
+        pop_receipt: &str,
+        budget: Budget,
+    ) -> Result<Deleted, QueueError> {
+        match retrying(Operation::Delete, budget, || self.delete(id, pop_receipt)).await {
+            Ok(()) => Ok(Deleted::Now),
+            // The message does not exist any more, and an earlier try of this very delete may
+            // have been applied: that try deleted it.
+            Err(error) if error.is_message_not_found() && error.earlier_try_unknown => {
+                Ok(Deleted::ByEarlierTry)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Update Message (see [`Queue::set_visibility`]) with retries within `budget`.
+    ///
+    /// If a try's answer was lost, the service may have applied it and issued a new receipt
+    /// that nobody will ever see; a retry with the old receipt then fails with
+    /// `PopReceiptMismatch`, and the error says `earlier_try_unknown`.
+    pub async fn update_within(
+        &self,
+        id: &str,
+        pop_receipt: &str,
+        visibility: Duration,
+        budget: Budget,
+    ) -> Result<Leased, QueueError> {
+        retrying(Operation::Update, budget, || async move {
+            let sent = Instant::now();
+            let pop_receipt = self.set_visibility(id, pop_receipt, visibility).await?;
+            Ok(Leased {
+                pop_receipt,
+                until: sent + Duration::from_secs(whole_seconds(visibility) as u64),
+            })
+        })
+        .await
+    }
+
+    /// Put Message with retries within `budget`. A retry after a lost answer may add the text
+    /// twice: Put Message is not idempotent.
+    pub async fn send_within(&self, text: &str, budget: Budget) -> Result<String, QueueError> {
+        retrying(Operation::Send, budget, || self.send(text, None, None)).await
+    }
+
+    /// Get Messages, one try: up to `max` messages (1..=32), each leased for `visibility`.
     pub async fn receive(
         &self,
         max: u32,
@@ -396,7 +664,7 @@ impl Queue {
             .collect()
     }
 
-    /// Delete Message with the message's latest pop receipt.
+    /// Delete Message with the message's latest pop receipt, one try.
     pub async fn delete(&self, id: &str, pop_receipt: &str) -> Result<(), QueueError> {
         timed(
             Operation::Delete,
@@ -407,8 +675,8 @@ impl Queue {
         .map_err(|e| QueueError::from_sdk(Operation::Delete, e))
     }
 
-    /// Update Message: make the message invisible for `visibility` from now (0 = visible at
-    /// once). Returns the new pop receipt; the old one is void from here on.
+    /// Update Message, one try: make the message invisible for `visibility` from now (0 =
+    /// visible at once). Returns the new pop receipt; the old one is void from here on.
     pub async fn set_visibility(
         &self,
         id: &str,
@@ -430,7 +698,8 @@ impl Queue {
             })
     }
 
-    /// Put Message. `visibility` delays the message; `ttl` of `None` keeps the service default.
+    /// Put Message, one try. `visibility` delays the message; `ttl` of `None` keeps the service
+    /// default.
     pub async fn send(
         &self,
         text: &str,
@@ -558,6 +827,106 @@ mod tests {
         assert_eq!(
             classify(None, None, &ErrorKind::Credential),
             QueueErrorKind::TokenUnavailable
+        );
+    }
+
+    fn error(kind: QueueErrorKind, status: Option<u16>, outcome_unknown: bool) -> QueueError {
+        QueueError {
+            operation: Operation::Delete,
+            kind,
+            status,
+            code: None,
+            outcome_unknown,
+            earlier_try_unknown: false,
+            detail: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_is_retried_within_its_budget_and_remembers_a_lost_answer() {
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let result: Result<(), QueueError> = retrying(
+            Operation::Delete,
+            Budget::retry_for(Duration::from_secs(5), Duration::from_secs(1)),
+            || async {
+                match tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                    0 => Err(error(QueueErrorKind::Unreachable, None, true)),
+                    1 => Err(error(QueueErrorKind::Throttled, Some(503), false)),
+                    _ => Err(error(QueueErrorKind::MessageGone, Some(404), false)),
+                }
+            },
+        )
+        .await;
+        let failed = result.expect_err("404 is final");
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert!(failed.is_message_not_found());
+        assert!(
+            failed.earlier_try_unknown,
+            "the first try's answer was lost"
+        );
+        assert!(!failed.outcome_unknown);
+    }
+
+    #[tokio::test]
+    async fn a_try_that_hangs_is_cut_off_and_retried_before_the_deadline() {
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let started = Instant::now();
+        let result = retrying(
+            Operation::Update,
+            Budget::until(Instant::now() + Duration::from_secs(4)),
+            || async {
+                if tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, QueueError>("receipt")
+            },
+        )
+        .await;
+        assert_eq!(result.expect("second try"), "receipt");
+        assert!(started.elapsed() < Duration::from_secs(4));
+    }
+
+    #[tokio::test]
+    async fn no_try_starts_after_the_budget_and_permanent_errors_are_not_retried() {
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let result: Result<(), QueueError> = retrying(
+            Operation::Delete,
+            Budget::once(Duration::from_secs(1)),
+            || async {
+                tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err(error(QueueErrorKind::Throttled, Some(503), false))
+            },
+        )
+        .await;
+        assert!(result.is_err());
+        assert_eq!(tries.swap(0, std::sync::atomic::Ordering::SeqCst), 1);
+        let result: Result<(), QueueError> = retrying(
+            Operation::Delete,
+            Budget::retry_for(Duration::from_secs(5), Duration::from_secs(1)),
+            || async {
+                tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err(error(QueueErrorKind::Unauthorized, Some(403), false))
+            },
+        )
+        .await;
+        assert!(result.is_err());
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_lease_bound_try_leaves_room_for_one_more() {
+        let now = Instant::now();
+        let budget = Budget::until(now + Duration::from_secs(15));
+        assert_eq!(budget.try_timeout(now), Duration::from_secs(13));
+        let budget = Budget::until(now + Duration::from_secs(3));
+        assert_eq!(budget.try_timeout(now), Duration::from_secs(2));
+        assert_eq!(
+            Budget::until(now + Duration::from_millis(500)).try_timeout(now),
+            MIN_TRY
+        );
+        assert_eq!(
+            Budget::until(now + Duration::from_secs(600)).try_timeout(now),
+            MAX_TRY
         );
     }
 

@@ -8,13 +8,20 @@
 //! - A retryable failure: retry after `RETRY_BASE_DELAY · 2^(attempt-1)` (±20 %, capped at
 //!   `RETRY_MAX_DELAY`), or after the endpoint's `Retry-After` (capped too), until the message
 //!   has been attempted `MAX_DEQUEUE_COUNT` times; then poison.
-//! - A connection failure never poisons: the endpoint was not reached, so the message is not at
-//!   fault, and an outage must not push good messages into the poison queue.
+//! - A connection failure (refused, DNS, TLS handshake) never poisons: the endpoint was not
+//!   reached, so the message is not at fault, and an outage must not push good messages into
+//!   the poison queue. A connection that broke *after* the request was sent, or a timeout, is
+//!   an attempt like a 5xx: the message may be what crashes the app.
+//! - A request that cannot be built from the event is undeliverable: poisoned at once.
 //! - `MAX_DEQUEUE_COUNT=0` disables poisoning: what would be poisoned is retried at the longest
 //!   delay instead.
+//! - No retry comes sooner than [`MIN_RETRY_DELAY`], whatever the endpoint's `Retry-After`
+//!   says: with poisoning off, a zero delay would be an endless tight loop. (Update Message
+//!   takes whole seconds, so in practice the shortest retry delay is one second.)
 
 use crate::backoff::jittered;
 use crate::config::RetryConfig;
+pub use crate::config::MIN_RETRY_DELAY;
 use crate::delivery::{Failure, Outcome};
 use std::time::Duration;
 
@@ -92,13 +99,16 @@ impl RetryPolicy {
             .base_delay
             .saturating_mul(1u32 << exponent)
             .min(self.max_delay);
-        jittered(step).min(self.max_delay)
+        jittered(step).min(self.max_delay).max(MIN_RETRY_DELAY)
     }
 
     /// What to do after an attempt on a message received `dequeue_count` times.
     pub fn decide(&self, dequeue_count: u32, outcome: &Outcome) -> Decision {
         match outcome {
             Outcome::Delivered { .. } => Decision::Delete,
+            Outcome::Permanent {
+                failure: Failure::Unsendable(why),
+            } => self.undeliverable(why.clone()),
             Outcome::Permanent { failure } => {
                 self.poison_or_wait(PoisonReason::Rejected(failure.clone()), failure.clone())
             }
@@ -107,11 +117,11 @@ impl RetryPolicy {
                 retry_after,
             } => {
                 let exhausted = self.poisoning() && dequeue_count >= self.max_dequeue_count;
-                if exhausted && !matches!(failure, Failure::Connection(_)) {
+                if exhausted && !failure.never_reached() {
                     return Decision::Poison(PoisonReason::AttemptsExhausted(failure.clone()));
                 }
                 let delay = match retry_after {
-                    Some(asked) => (*asked).min(self.max_delay),
+                    Some(asked) => (*asked).min(self.max_delay).max(MIN_RETRY_DELAY),
                     None => self.backoff(dequeue_count),
                 };
                 Decision::Retry {
@@ -122,11 +132,11 @@ impl RetryPolicy {
         }
     }
 
-    /// For a message that cannot become an event at all.
+    /// For a message that cannot become an event (or a request) at all.
     pub fn undeliverable(&self, why: String) -> Decision {
         self.poison_or_wait(
             PoisonReason::Undeliverable(why.clone()),
-            Failure::Connection(why),
+            Failure::Unsendable(why),
         )
     }
 
@@ -235,6 +245,47 @@ mod tests {
         assert!(matches!(
             policy(5).undeliverable("bad base64".into()),
             Decision::Poison(_)
+        ));
+    }
+
+    #[test]
+    fn no_retry_comes_sooner_than_100_ms() {
+        let p = RetryPolicy {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            max_dequeue_count: 0,
+        };
+        for _ in 0..100 {
+            assert!(p.backoff(1) >= MIN_RETRY_DELAY);
+        }
+        assert!(matches!(
+            p.decide(1, &retryable(503, Some(Duration::ZERO))),
+            Decision::Retry { delay, .. } if delay == MIN_RETRY_DELAY
+        ));
+    }
+
+    #[test]
+    fn a_dropped_connection_counts_as_an_attempt() {
+        let p = policy(3);
+        let dropped = Outcome::Retryable {
+            failure: Failure::Dropped("connection closed before message completed".into()),
+            retry_after: None,
+        };
+        assert!(matches!(p.decide(2, &dropped), Decision::Retry { .. }));
+        assert!(matches!(
+            p.decide(3, &dropped),
+            Decision::Poison(PoisonReason::AttemptsExhausted(Failure::Dropped(_)))
+        ));
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_built_is_undeliverable() {
+        let unsendable = Outcome::Permanent {
+            failure: Failure::Unsendable("invalid header value".into()),
+        };
+        assert!(matches!(
+            policy(5).decide(1, &unsendable),
+            Decision::Poison(PoisonReason::Undeliverable(_))
         ));
     }
 

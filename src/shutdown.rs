@@ -1,34 +1,62 @@
 //! Shutdown plumbing, after mini-redis: one signal that every task can wait on.
 //!
-//! `main` turns SIGTERM/SIGINT into [`ShutdownTrigger::trigger`]; the receive loop and
-//! anything else that must stop early hold a [`Shutdown`] and `select!` on
-//! [`Shutdown::wait`]. A `watch` channel is used rather than a broadcast so that a task that
-//! subscribes late still sees a shutdown that already happened.
+//! `main` turns the first SIGTERM/SIGINT into [`ShutdownTrigger::trigger`] (stop receiving,
+//! let deliveries in progress finish) and a second one into [`ShutdownTrigger::stop_now`]
+//! (cut deliveries off at once and release their messages). The receive loop and anything else
+//! that must stop early hold a [`Shutdown`] and `select!` on [`Shutdown::wait`] or
+//! [`Shutdown::wait_stop_now`]. A `watch` channel is used rather than a broadcast so that a
+//! task that subscribes late still sees a shutdown that already happened.
 
 use tokio::sync::watch;
 
-/// The sending side: fires the shutdown once.
+/// How far the shutdown has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Running,
+    /// Stop receiving; finish what is in progress.
+    Draining,
+    /// Stop everything at once.
+    StopNow,
+}
+
+/// The sending side: fires the shutdown, then possibly the stop-now.
 #[derive(Debug)]
 pub struct ShutdownTrigger {
-    sender: watch::Sender<bool>,
+    sender: watch::Sender<Level>,
 }
 
 /// The listening side. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Shutdown {
-    receiver: watch::Receiver<bool>,
+    receiver: watch::Receiver<Level>,
 }
 
 /// A connected trigger and listener.
 pub fn channel() -> (ShutdownTrigger, Shutdown) {
-    let (sender, receiver) = watch::channel(false);
+    let (sender, receiver) = watch::channel(Level::Running);
     (ShutdownTrigger { sender }, Shutdown { receiver })
 }
 
 impl ShutdownTrigger {
     /// Asks every listener to stop. Idempotent.
     pub fn trigger(&self) {
-        self.sender.send_replace(true);
+        self.raise(Level::Draining);
+    }
+
+    /// Asks every listener to stop at once, without waiting for work in progress. Implies
+    /// [`ShutdownTrigger::trigger`].
+    pub fn stop_now(&self) {
+        self.raise(Level::StopNow);
+    }
+
+    fn raise(&self, level: Level) {
+        self.sender.send_if_modified(|current| {
+            let raised = level > *current;
+            if raised {
+                *current = level;
+            }
+            raised
+        });
     }
 
     /// A new listener for this trigger.
@@ -42,26 +70,55 @@ impl ShutdownTrigger {
 impl Shutdown {
     /// Whether shutdown has been requested.
     pub fn is_requested(&self) -> bool {
-        *self.receiver.borrow()
+        *self.receiver.borrow() >= Level::Draining
+    }
+
+    /// Whether an immediate stop has been requested.
+    pub fn is_stop_now(&self) -> bool {
+        *self.receiver.borrow() >= Level::StopNow
     }
 
     /// Completes once shutdown has been requested (at once if it already was). If the trigger
     /// is dropped without firing, this never completes: dropping is not a request to stop.
     pub async fn wait(&mut self) {
-        if self.receiver.wait_for(|stop| *stop).await.is_err() {
+        self.wait_for(Level::Draining).await;
+    }
+
+    /// Completes once an immediate stop has been requested.
+    pub async fn wait_stop_now(&mut self) {
+        self.wait_for(Level::StopNow).await;
+    }
+
+    async fn wait_for(&mut self, level: Level) {
+        if self.receiver.wait_for(|now| *now >= level).await.is_err() {
             std::future::pending::<()>().await;
         }
     }
 }
 
-/// Completes on the first SIGTERM or SIGINT (Ctrl-C).
-pub async fn signal() -> std::io::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => Ok("SIGTERM"),
-        _ = interrupt.recv() => Ok("SIGINT"),
+/// SIGTERM and SIGINT (Ctrl-C), as a stream: the first starts the drain, a second one means
+/// "stop now".
+pub struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers; from here on the signals no longer kill the process.
+    pub fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The name of the next signal received.
+    pub async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
     }
 }
 
@@ -83,5 +140,29 @@ mod tests {
             .await
             .expect("late listener woke");
         assert!(late.is_requested());
+        assert!(!late.is_stop_now());
+    }
+
+    #[tokio::test]
+    async fn stop_now_implies_shutdown_and_never_goes_back() {
+        let (trigger, mut listener) = channel();
+        trigger.stop_now();
+        trigger.trigger();
+        tokio::time::timeout(Duration::from_secs(1), listener.wait())
+            .await
+            .expect("shutdown seen");
+        tokio::time::timeout(Duration::from_secs(1), listener.wait_stop_now())
+            .await
+            .expect("stop-now seen");
+        assert!(listener.is_requested() && listener.is_stop_now());
+    }
+
+    #[tokio::test]
+    async fn a_drain_is_not_a_stop_now() {
+        let (trigger, mut listener) = channel();
+        trigger.trigger();
+        let waited =
+            tokio::time::timeout(Duration::from_millis(50), listener.wait_stop_now()).await;
+        assert!(waited.is_err());
     }
 }

@@ -1,40 +1,68 @@
 //! The life of one received message: event, POST, then delete, retry later, or poison.
 //!
-//! While the POST runs, the message's lease is renewed at half the visibility timeout, always
-//! with the newest pop receipt, so a slow endpoint never sees the message handed to another
-//! consumer. After the attempt, [`RetryPolicy`] decides; this module carries the decision out
-//! and handles what the queue says back:
+//! ## The lease
 //!
-//! - `PopReceiptMismatch` / `MessageNotFound`: another consumer owns the message now. Logged,
-//!   counted, and left alone.
+//! A received message is leased (invisible to other consumers) until its visibility timeout
+//! runs out; [`Lease`] holds the newest pop receipt and a conservative estimate of when the
+//! lease ends (counted from when the call that took it was *sent*). Every queue call on the
+//! message is bounded by that lease, and the lease is kept for as long as the message needs it:
+//!
+//! - **While the POST runs**, the lease is renewed at half its life; a failed renewal is retried
+//!   with backoff until shortly before the lease ends (not once per half-life). When the POST
+//!   finishes while a renewal is in flight, the renewal is waited for: its answer holds the
+//!   receipt the delete must use, and dropping it would leave a stale receipt behind.
+//! - **After a 2xx**, the delete is retried until the queue answers — up to
+//!   [`DELETE_PATIENCE`] — renewing the lease whenever half of it has passed, so a queue that
+//!   refuses deletes for a while does not make the message come back. A retried delete that
+//!   finds the message gone after a try whose answer was lost counts as deleted.
+//! - **Before a poison write**, an Update confirms the message is still ours and gives the
+//!   write and the delete a full lease; a poison copy whose delete then fails is counted as
+//!   such ([`Disposition::PoisonedNotDeleted`]): it will be poisoned again, a second copy.
+//!
+//! What the queue says back:
+//!
+//! - `PopReceiptMismatch` / `MessageNotFound`: another consumer owns the message now (or it is
+//!   gone). Logged, counted, and left alone. One case cannot be helped: an Update the service
+//!   applied but whose answer was lost leaves a new receipt nobody knows, and Azure offers no
+//!   way to learn it; the message comes back when that lease ends.
 //! - 403 on Update Message or on the poison queue: the identity has only "process" rights.
 //!   Said once; retries then wait for the lease to expire, and poisonable messages stay in the
 //!   main queue. Delivery goes on.
 //!
-//! On a hard stop (the shutdown timeout passed), a delivery in progress is abandoned and its
-//! message released (made visible at once) for another replica.
+//! On a hard stop (the shutdown timeout passed, or a second signal), a POST in progress is
+//! abandoned and its message released (made visible at once) for another replica.
 
-use crate::backoff::Backoff;
 use crate::delivery::{Deliverer, Failure, Outcome};
 use crate::event::{encode, EventMapper};
 use crate::poison::{envelope, PoisonError, PoisonQueue};
-use crate::queue::{Operation, Queue, QueueError, QueueErrorKind, ReceivedMessage};
+use crate::queue::{
+    Budget, Deleted, Leased, Operation, Queue, QueueError, QueueErrorKind, ReceivedMessage,
+};
 use crate::retry::{Decision, PoisonReason, RetryPolicy};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{self, Shutdown};
 use crate::telemetry::events::{
     Degraded, DeliveryAttempted, InFlightChanged, InternalEvent, LeaseLost, LeaseRenewed,
     MessageDeleted, MessagePoisoned, MessageReleased, MessageUnmappable, PoisonBlocked,
-    QueueCallFailed, RetryScheduled,
+    PoisonedNotDeleted, QueueCallFailed, RetryScheduled,
 };
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
-/// Attempts at a queue call (delete, update) while the service is briefly unavailable.
-const QUEUE_CALL_ATTEMPTS: u32 = 3;
 /// Consecutive connection failures after which the endpoint counts as down.
 pub const ENDPOINT_DOWN_AFTER: u32 = 3;
+/// Queue calls on a leased message stop this long before the (estimated) end of the lease.
+/// The estimate already errs early: it counts from when the call was sent.
+const LEASE_MARGIN: Duration = Duration::from_millis(500);
+/// How long the delete of a delivered message is retried (renewing the lease meanwhile)
+/// before it is given up; the message then comes back and is delivered again.
+pub const DELETE_PATIENCE: Duration = Duration::from_secs(120);
+/// How long releasing a message (at shutdown) may take, retries included.
+const RELEASE_WINDOW: Duration = Duration::from_secs(3);
+/// Between renewals that failed after the lease ran out (the receipt may still be valid: it
+/// is until another consumer receives the message).
+const LATE_RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What happened to one received message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +75,9 @@ pub enum Disposition {
     RetryScheduled,
     /// Moved to the poison queue and deleted.
     Poisoned,
+    /// Written to the poison queue, but not deleted from the main queue: it comes back and is
+    /// poisoned again (a second copy).
+    PoisonedNotDeleted,
     /// Made visible again at shutdown.
     Released,
     /// Not delivered and left as it was: it reappears when its lease expires.
@@ -72,6 +103,11 @@ impl EndpointGate {
                     last.clone_from(error);
                 }
             }
+            // A request that could not be built says nothing about the endpoint.
+            Outcome::Permanent {
+                failure: Failure::Unsendable(_),
+            } => {}
+            // Anything else reached the endpoint (a dropped connection was accepted first).
             _ => self.reset(),
         }
     }
@@ -106,25 +142,70 @@ struct Degradations {
     poison_missing: AtomicBool,
 }
 
-/// The current pop receipt of a message: replaced by every renewal.
+/// The lease on a message: its newest pop receipt (replaced by every Update) and when the
+/// lease ends, estimated early.
 struct Lease {
-    receipt: Mutex<String>,
+    current: Mutex<Leased>,
+    /// An Update on this lease failed without an answer: the service may have applied it, and
+    /// then the receipt held here is stale (Azure never says the new one).
+    receipt_uncertain: AtomicBool,
 }
 
 impl Lease {
-    fn new(receipt: &str) -> Self {
+    fn new(receipt: &str, until: Instant) -> Self {
         Self {
-            receipt: Mutex::new(receipt.to_string()),
+            current: Mutex::new(Leased {
+                pop_receipt: receipt.to_string(),
+                until,
+            }),
+            receipt_uncertain: AtomicBool::new(false),
         }
     }
 
-    fn receipt(&self) -> String {
-        self.receipt.lock().map(|r| r.clone()).unwrap_or_default()
+    fn receipt_uncertain(&self) -> bool {
+        self.receipt_uncertain.load(Ordering::Relaxed)
     }
 
-    fn renew(&self, receipt: String) {
-        if let Ok(mut current) = self.receipt.lock() {
-            *current = receipt;
+    fn receipt(&self) -> String {
+        self.current
+            .lock()
+            .map(|l| l.pop_receipt.clone())
+            .unwrap_or_default()
+    }
+
+    fn until(&self) -> Instant {
+        self.current
+            .lock()
+            .map(|l| l.until)
+            .unwrap_or_else(|_| Instant::now())
+    }
+
+    /// Until when calls may keep retrying on this lease.
+    fn deadline(&self) -> Instant {
+        self.until()
+            .checked_sub(LEASE_MARGIN)
+            .unwrap_or_else(Instant::now)
+    }
+
+    /// When half of `visibility` is left: time to renew.
+    fn renew_at(&self, visibility: Duration) -> Instant {
+        self.until()
+            .checked_sub(visibility / 2)
+            .unwrap_or_else(Instant::now)
+    }
+
+    fn renewed(&self, leased: Leased) {
+        if let Ok(mut current) = self.current.lock() {
+            *current = leased;
+        }
+        self.receipt_uncertain.store(false, Ordering::Relaxed);
+    }
+
+    /// Notes the end of an Update that failed: if it may have been applied, the receipt is
+    /// now uncertain.
+    fn update_failed(&self, error: &QueueError) {
+        if error.maybe_applied() {
+            self.receipt_uncertain.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -172,11 +253,17 @@ impl Worker {
         &self.deliverer
     }
 
-    /// Delivers `message` and carries out the decision. `hard_stop` fires when the shutdown
-    /// timeout has passed: the delivery is then abandoned and the message released.
-    pub async fn handle(&self, message: ReceivedMessage, mut hard_stop: Shutdown) -> Disposition {
+    /// Delivers `message`, leased until `leased_until`, and carries out the decision.
+    /// `hard_stop` fires when the shutdown timeout has passed (or a second signal came): a
+    /// POST still running is then abandoned and the message released.
+    pub async fn handle(
+        &self,
+        message: ReceivedMessage,
+        leased_until: Instant,
+        hard_stop: Shutdown,
+    ) -> Disposition {
         let _in_flight = InFlightGuard::new();
-        let lease = Lease::new(&message.pop_receipt);
+        let lease = Lease::new(&message.pop_receipt, leased_until);
 
         let payload = match self
             .mapper
@@ -197,24 +284,47 @@ impl Worker {
             }
         };
 
-        let started = Instant::now();
-        let outcome = tokio::select! {
-            outcome = self.deliverer.deliver(payload) => outcome,
-            never = self.keep_leased(&message, &lease) => match never {},
-            _ = hard_stop.wait() => return self.release(&message, &lease).await,
+        let Some((outcome, latency)) = self.attempt(&message, &lease, payload, hard_stop).await
+        else {
+            return self.release(&message, &lease).await;
         };
         self.gate.record(&outcome);
         DeliveryAttempted {
             message_id: &message.id,
             dequeue_count: message.dequeue_count,
             outcome: &outcome,
-            latency: started.elapsed(),
+            latency,
             age: message.insertion_time.map(age),
         }
         .emit();
 
         let decision = self.policy.decide(message.dequeue_count, &outcome);
         self.carry_out(decision, &message, &lease).await
+    }
+
+    /// The POST and how long it took, with the lease kept while it runs. `None` if
+    /// `hard_stop` cut it off.
+    async fn attempt(
+        &self,
+        message: &ReceivedMessage,
+        lease: &Lease,
+        payload: crate::event::HttpPayload,
+        mut hard_stop: Shutdown,
+    ) -> Option<(Outcome, Duration)> {
+        let (stop_renewing, renewing) = shutdown::channel();
+        let post = async {
+            let started = Instant::now();
+            let outcome = tokio::select! {
+                outcome = self.deliverer.deliver(payload) => Some((outcome, started.elapsed())),
+                _ = hard_stop.wait() => None,
+            };
+            // A renewal in flight is not abandoned: `keep_leased` finishes it first, since
+            // its answer holds the receipt everything after this needs.
+            stop_renewing.trigger();
+            outcome
+        };
+        let (outcome, ()) = tokio::join!(post, self.keep_leased(message, lease, renewing));
+        outcome
     }
 
     async fn carry_out(
@@ -235,69 +345,125 @@ impl Worker {
         }
     }
 
-    /// Renews the lease at half the visibility timeout for as long as it is polled. Never
-    /// completes: when renewal becomes impossible it just stops renewing.
-    async fn keep_leased(
-        &self,
-        message: &ReceivedMessage,
-        lease: &Lease,
-    ) -> std::convert::Infallible {
-        let interval = self.visibility_timeout / 2;
+    /// Renews the lease whenever half of it has passed, until `stop` fires. A renewal under way
+    /// when `stop` fires is finished first. Gives up only when renewing is impossible (the
+    /// message is someone else's, or Update Message is not allowed).
+    async fn keep_leased(&self, message: &ReceivedMessage, lease: &Lease, mut stop: Shutdown) {
+        let mut failing = false;
         loop {
-            tokio::time::sleep(interval).await;
-            match self
-                .queue
-                .set_visibility(&message.id, &lease.receipt(), self.visibility_timeout)
-                .await
-            {
-                Ok(receipt) => {
-                    lease.renew(receipt);
-                    LeaseRenewed {
-                        message_id: &message.id,
+            let next = match failing {
+                false => lease.renew_at(self.visibility_timeout),
+                true => Instant::now() + LATE_RENEWAL_INTERVAL,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = stop.wait() => return,
+            }
+            match self.renew(message, lease).await {
+                Ok(()) => failing = false,
+                Err(error) if error.is_transient() => {
+                    // Tried until the lease ran out. The receipt still works until another
+                    // consumer receives the message, so keep trying, more slowly; said once.
+                    if !failing {
+                        QueueCallFailed {
+                            error: &error,
+                            message_id: Some(&message.id),
+                            report: true,
+                            retry_in: Some(LATE_RENEWAL_INTERVAL),
+                        }
+                        .emit();
                     }
-                    .emit();
+                    failing = true;
                 }
-                Err(error) if error.kind == QueueErrorKind::MessageGone => {
-                    LeaseLost {
-                        message_id: &message.id,
-                        operation: Operation::Update,
-                    }
-                    .emit();
-                    return std::future::pending().await;
+                Err(error) => {
+                    self.report_failure(&error, message, lease);
+                    return;
                 }
-                Err(error) if error.kind == QueueErrorKind::Unauthorized => {
-                    self.update_denied();
-                    return std::future::pending().await;
-                }
-                Err(error) => QueueCallFailed {
-                    error: &error,
-                    message_id: Some(&message.id),
-                    report: true,
-                    retry_in: Some(interval),
-                }
-                .emit(),
             }
         }
     }
 
+    /// One renewal, retried until shortly before the lease ends.
+    async fn renew(&self, message: &ReceivedMessage, lease: &Lease) -> Result<(), QueueError> {
+        let leased = self
+            .queue
+            .update_within(
+                &message.id,
+                &lease.receipt(),
+                self.visibility_timeout,
+                Budget::until(lease.deadline()),
+            )
+            .await
+            .inspect_err(|error| lease.update_failed(error))?;
+        lease.renewed(leased);
+        LeaseRenewed {
+            message_id: &message.id,
+        }
+        .emit();
+        Ok(())
+    }
+
     /// Deletes a delivered (or poisoned) message; true if it is gone.
+    ///
+    /// Tries until the lease is half gone, then renews it and goes on, for up to
+    /// [`DELETE_PATIENCE`]. If renewing fails, the old receipt is used until then: it stays
+    /// valid until another consumer receives the message.
     async fn delete(&self, message: &ReceivedMessage, lease: &Lease) -> bool {
-        let (queue, id) = (&self.queue, message.id.as_str());
-        let result =
-            retry_transient(|| async move { queue.delete(id, &lease.receipt()).await }).await;
-        match result {
-            Ok(()) => {
-                MessageDeleted {
-                    message_id: &message.id,
+        let give_up = Instant::now() + DELETE_PATIENCE;
+        // A try whose answer was lost may have deleted the message.
+        let mut maybe_deleted = false;
+        let mut renewable = true;
+        loop {
+            let budget = match renewable {
+                true => Budget::until(
+                    lease
+                        .renew_at(self.visibility_timeout)
+                        .max(Instant::now() + LEASE_MARGIN)
+                        .min(give_up),
+                ),
+                false => Budget::until(give_up),
+            };
+            let error = match self
+                .queue
+                .delete_within(&message.id, &lease.receipt(), budget)
+                .await
+            {
+                Ok(deleted) => return self.deleted(message, deleted == Deleted::ByEarlierTry),
+                Err(error) if error.is_message_not_found() && maybe_deleted => {
+                    return self.deleted(message, true)
                 }
-                .emit();
-                true
+                Err(error) => error,
+            };
+            maybe_deleted |= error.maybe_applied();
+            if !error.is_transient() || !renewable || Instant::now() >= give_up {
+                self.report_failure(&error, message, lease);
+                return false;
             }
-            Err(error) => {
-                self.report_failure(&error, message);
-                false
+            // The queue keeps failing the delete: keep the lease, then try again.
+            match self.renew(message, lease).await {
+                Ok(()) => {}
+                Err(error) if error.is_message_not_found() && maybe_deleted => {
+                    return self.deleted(message, true)
+                }
+                Err(error) if error.kind == QueueErrorKind::MessageGone => {
+                    self.report_failure(&error, message, lease);
+                    return false;
+                }
+                Err(error) => {
+                    self.report_failure(&error, message, lease);
+                    renewable = false;
+                }
             }
         }
+    }
+
+    fn deleted(&self, message: &ReceivedMessage, by_earlier_try: bool) -> bool {
+        MessageDeleted {
+            message_id: &message.id,
+            by_earlier_try,
+        }
+        .emit();
+        true
     }
 
     /// Hides a failed message until its next attempt.
@@ -308,40 +474,61 @@ impl Worker {
         delay: Duration,
         failure: &Failure,
     ) -> Disposition {
-        let (queue, id) = (&self.queue, message.id.as_str());
-        let result =
-            retry_transient(
-                || async move { queue.set_visibility(id, &lease.receipt(), delay).await },
+        let result = self
+            .queue
+            .update_within(
+                &message.id,
+                &lease.receipt(),
+                delay,
+                Budget::until(lease.deadline()),
             )
             .await;
         match result {
-            Ok(receipt) => {
-                lease.renew(receipt);
-                RetryScheduled {
-                    message_id: &message.id,
-                    dequeue_count: message.dequeue_count,
-                    failure,
-                    delay,
-                }
-                .emit();
-                Disposition::RetryScheduled
-            }
+            Ok(leased) => lease.renewed(leased),
+            // An earlier try was applied (its answer was lost): the message is hidden as
+            // asked; only its new receipt is unknown, and nothing here needs it any more.
+            Err(error) if applied_before(&error) => {}
             Err(error) => {
-                self.report_failure(&error, message);
-                Disposition::Left
+                self.report_failure(&error, message, lease);
+                return Disposition::Left;
             }
         }
+        RetryScheduled {
+            message_id: &message.id,
+            dequeue_count: message.dequeue_count,
+            failure,
+            delay,
+        }
+        .emit();
+        Disposition::RetryScheduled
     }
 
-    /// Writes the message to the poison queue, then deletes it. If the poison queue cannot be
-    /// written, the message stays in the main queue (hidden for a retry delay, so a message
-    /// that cannot be poisoned does not spin).
+    /// Confirms the message is still ours, writes it to the poison queue, then deletes it. If
+    /// the poison queue cannot be written, the message stays in the main queue (hidden for a
+    /// retry delay, so a message that cannot be poisoned does not spin).
     async fn poison(
         &self,
         message: &ReceivedMessage,
         lease: &Lease,
         reason: &PoisonReason,
     ) -> Disposition {
+        // Ownership first, and a full lease for the write and the delete: a copy of a message
+        // another consumer now holds would be a spurious poison message.
+        match self.renew(message, lease).await {
+            Ok(()) => {}
+            Err(error) if error.kind == QueueErrorKind::Unauthorized => {
+                // No right to update: ownership cannot be confirmed; go on while the lease
+                // from the receive should still hold.
+                self.update_denied();
+                if Instant::now() >= lease.deadline() {
+                    return Disposition::Left;
+                }
+            }
+            Err(error) => {
+                self.report_failure(&error, message, lease);
+                return Disposition::Left;
+            }
+        }
         let text = envelope(
             self.queue.name(),
             message,
@@ -349,7 +536,11 @@ impl Worker {
             OffsetDateTime::now_utc(),
         );
         let wrapped = text != message.text || message.text.is_empty();
-        match self.poison.put(&text).await {
+        match self
+            .poison
+            .put(&text, Budget::until(lease.deadline()))
+            .await
+        {
             Ok(()) => {
                 MessagePoisoned {
                     message_id: &message.id,
@@ -359,10 +550,16 @@ impl Worker {
                     envelope: wrapped,
                 }
                 .emit();
-                // If this delete fails the message comes back and is poisoned again: a
-                // duplicate in the poison queue, never a loss.
-                self.delete(message, lease).await;
-                Disposition::Poisoned
+                if self.delete(message, lease).await {
+                    Disposition::Poisoned
+                } else {
+                    PoisonedNotDeleted {
+                        message_id: &message.id,
+                        poison_queue: self.poison.name(),
+                    }
+                    .emit();
+                    Disposition::PoisonedNotDeleted
+                }
             }
             Err(error) => {
                 let flag = match &error {
@@ -381,7 +578,7 @@ impl Worker {
                 let failure = reason
                     .failure()
                     .cloned()
-                    .unwrap_or_else(|| Failure::Connection(reason.describe()));
+                    .unwrap_or_else(|| Failure::Unsendable(reason.describe()));
                 let delay = self.policy.backoff(message.dequeue_count);
                 self.schedule_retry(message, lease, delay, &failure).await
             }
@@ -390,36 +587,47 @@ impl Worker {
 
     /// Makes the message visible at once, for another consumer.
     async fn release(&self, message: &ReceivedMessage, lease: &Lease) -> Disposition {
-        match self
+        let result = self
             .queue
-            .set_visibility(&message.id, &lease.receipt(), Duration::ZERO)
-            .await
-        {
-            Ok(_) => {
-                MessageReleased {
-                    message_id: &message.id,
-                }
-                .emit();
-                Disposition::Released
-            }
+            .update_within(
+                &message.id,
+                &lease.receipt(),
+                Duration::ZERO,
+                Budget::retry_for(RELEASE_WINDOW, RELEASE_WINDOW),
+            )
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(error) if applied_before(&error) => {}
             Err(error) => {
-                self.report_failure(&error, message);
-                Disposition::Left
+                self.report_failure(&error, message, lease);
+                return Disposition::Left;
             }
         }
+        MessageReleased {
+            message_id: &message.id,
+        }
+        .emit();
+        Disposition::Released
     }
 
-    /// Releases a message that was received but not started (shutdown came first).
-    pub async fn release_unstarted(&self, message: ReceivedMessage) -> Disposition {
-        let lease = Lease::new(&message.pop_receipt);
+    /// Releases a message that was received but not started (an immediate stop came first).
+    pub async fn release_unstarted(
+        &self,
+        message: ReceivedMessage,
+        leased_until: Instant,
+    ) -> Disposition {
+        let lease = Lease::new(&message.pop_receipt, leased_until);
         self.release(&message, &lease).await
     }
 
-    fn report_failure(&self, error: &QueueError, message: &ReceivedMessage) {
+    fn report_failure(&self, error: &QueueError, message: &ReceivedMessage, lease: &Lease) {
         match error.kind {
             QueueErrorKind::MessageGone => LeaseLost {
                 message_id: &message.id,
                 operation: error.operation,
+                receipt_lost: applied_before(error)
+                    || (lease.receipt_uncertain() && !error.is_message_not_found()),
             }
             .emit(),
             QueueErrorKind::Unauthorized if error.operation == Operation::Update => {
@@ -446,29 +654,13 @@ impl Worker {
     }
 }
 
-/// Runs a queue call up to [`QUEUE_CALL_ATTEMPTS`] times while it fails transiently.
-async fn retry_transient<T, F, Fut>(mut call: F) -> Result<T, QueueError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, QueueError>>,
-{
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Err(error)
-                if attempt < QUEUE_CALL_ATTEMPTS
-                    && matches!(
-                        error.kind,
-                        QueueErrorKind::Unreachable | QueueErrorKind::Throttled
-                    ) =>
-            {
-                attempt += 1;
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            result => return result,
-        }
-    }
+/// `PopReceiptMismatch` on an Update retried after a try whose answer was lost: that try was
+/// applied, and the receipt it produced is unknown.
+fn applied_before(error: &QueueError) -> bool {
+    error.operation == Operation::Update
+        && error.kind == QueueErrorKind::MessageGone
+        && !error.is_message_not_found()
+        && error.earlier_try_unknown
 }
 
 /// Time since `inserted`, zero if the clocks disagree.

@@ -18,8 +18,10 @@ import yaml
 
 SIDECAR = "azure-queue-sidecar"
 ADMIN_PORT = 9464
-# pump.rs: after SHUTDOWN_TIMEOUT, deliveries that were cut off get this long to release
-# their messages before the sidecar exits.
+# pump.rs: a receive under way at SIGTERM may finish for this long (RECEIVE_GRACE) before the
+# drain's SHUTDOWN_TIMEOUT starts; after it, deliveries that were cut off get RELEASE_GRACE to
+# release their messages before the sidecar exits.
+RECEIVE_GRACE_SECONDS = 5
 RELEASE_GRACE_SECONDS = 10
 
 failures = []
@@ -127,11 +129,15 @@ def check_sidecar(docs):
         settings.get("ENDPOINT_URL", "").startswith("http://127.0.0.1:"),
         "ENDPOINT_URL is the app over the pod's loopback interface",
     )
-    drain = seconds(settings.get("SHUTDOWN_TIMEOUT", "20s")) + RELEASE_GRACE_SECONDS
+    drain = (
+        RECEIVE_GRACE_SECONDS
+        + seconds(settings.get("SHUTDOWN_TIMEOUT", "20s"))
+        + RELEASE_GRACE_SECONDS
+    )
     grace = pod.get("terminationGracePeriodSeconds", 30)
     check(
         grace >= drain,
-        f"terminationGracePeriodSeconds {grace} >= SHUTDOWN_TIMEOUT + release grace ({drain:g}s)",
+        f"terminationGracePeriodSeconds {grace} >= receive grace + SHUTDOWN_TIMEOUT + release grace ({drain:g}s)",
     )
     return deployment, sidecar, settings
 

@@ -7,7 +7,10 @@ mod support;
 
 use azure_queue_sidecar::queue::Queue;
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::proxy::{Action, QueueOp, QueueProxy};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -298,7 +301,7 @@ async fn the_sidecar_recovers_by_itself_when_azurite_restarts() {
     ));
     endpoint.wait_for(4, WAIT).await;
     azurite.stop().await;
-    // Longer than the SDK's own short retry budget, so the loop itself sees the outage.
+    // Longer than a receive's 2 s retry window, so the outage is reported.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let azurite = Azurite::start_with(port, Some(&dir)).await;
     assert!(
@@ -535,16 +538,17 @@ async fn throttling_is_backed_off_without_a_hot_loop_and_recovered_from() {
     ));
     tokio::time::sleep(Duration::from_secs(6)).await;
     let refused = proxy.throttled_count();
-    // Each receive is tried 3 times by the SDK (~0.3 s), then the loop backs off 0.5 s, 1 s,
-    // 2 s, 4 s...: a dozen requests in 6 s. A hot loop would make thousands.
+    // Each receive is retried for 2 s (0.2 s, 0.4 s, 0.8 s...), then the loop backs off 0.5 s,
+    // 1 s, 2 s...: a dozen or two requests in 6 s. A hot loop would make thousands.
     assert!(
         (3..=30).contains(&refused),
         "{refused} requests while throttled"
     );
+    // Retried tries are debug lines; the failure itself is reported once.
     let reports = sidecar
         .json_lines()
         .into_iter()
-        .filter(|l| l["kind"] == "throttled")
+        .filter(|l| l["kind"] == "throttled" && l["message"] == "queue call failed")
         .count();
     assert_eq!(reports, 1, "{}", sidecar.output.text());
 
@@ -554,4 +558,477 @@ async fn throttling_is_backed_off_without_a_hot_loop_and_recovered_from() {
     assert_eq!(distinct_ids(&got), ids);
     wait_count(&queue, 0, WAIT).await;
     assert!(sidecar.output.count_matching("queue reachable again") == 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compound faults (issue 10): each test below failed before its fix.
+// ---------------------------------------------------------------------------------------------
+
+/// A sidecar environment that reaches Azurite through `proxy`, authorized with a SAS.
+fn through_proxy_with_sas(
+    azurite: &Azurite,
+    proxy: &QueueProxy,
+    queue: &str,
+    endpoint: &str,
+) -> Vec<(String, String)> {
+    Sidecar::env(azurite, queue, endpoint)
+        .into_iter()
+        .filter(|(k, _)| k != "AZURE_STORAGE_CONNECTION_STRING")
+        .chain([
+            (
+                "AZURE_STORAGE_SAS_TOKEN".to_string(),
+                azurite.queue_sas(queue, "raup"),
+            ),
+            (
+                "AZURE_STORAGE_QUEUE_ENDPOINT".to_string(),
+                proxy.service_url(),
+            ),
+        ])
+        .collect()
+}
+
+/// A sidecar environment that reaches Azurite through `proxy` with the account key.
+fn through_proxy(
+    azurite: &Azurite,
+    proxy: &QueueProxy,
+    queue: &str,
+    endpoint: &str,
+) -> Vec<(String, String)> {
+    with(
+        Sidecar::env(azurite, queue, endpoint),
+        &[("AZURE_STORAGE_QUEUE_ENDPOINT", &proxy.service_url())],
+    )
+}
+
+fn once_flag() -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(false))
+}
+
+/// Stops the sidecar with SIGTERM and returns its summary line.
+async fn stop(sidecar: &mut Sidecar) -> serde_json::Value {
+    sidecar.signal("TERM");
+    let code = sidecar.wait_exit(Duration::from_secs(40)).await;
+    assert_eq!(code, Some(0), "{}", sidecar.output.text());
+    sidecar.summary()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_delete_carries_one_sas_signature_and_is_not_refused() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("sas-retry").await;
+    let refused = once_flag();
+    let flag = refused.clone();
+    let proxy = QueueProxy::start(azurite.port, move |r| {
+        if r.op() == QueueOp::Delete && !flag.swap(true, Ordering::SeqCst) {
+            Action::Answer {
+                status: 503,
+                code: "ServerBusy",
+            }
+        } else {
+            Action::Forward
+        }
+    })
+    .await;
+    let endpoint = Endpoint::ok().await;
+    let id = queue.send("signed once", None, None).await.expect("send");
+    let mut sidecar = Sidecar::spawn(&through_proxy_with_sas(
+        &azurite,
+        &proxy,
+        "sas-retry",
+        &endpoint.url,
+    ));
+    wait_count(&queue, 0, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let summary = stop(&mut sidecar).await;
+    let requests = proxy.requests();
+    for request in &requests {
+        assert_eq!(
+            request.signatures(),
+            1,
+            "{} {} carried {} signatures",
+            request.method,
+            request.path,
+            request.signatures()
+        );
+    }
+    let deletes = proxy.of(QueueOp::Delete);
+    assert!(deletes.len() >= 2, "the refused delete was retried");
+    assert_eq!(endpoint.count(), 1, "delivered once");
+    assert_eq!(endpoint.received()[0].event_id(), id);
+    let text = sidecar.output.text();
+    assert!(!text.contains("\"kind\":\"unauthorized\""), "{text}");
+    assert_eq!(summary["delivered"], 1, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_makes_the_endpoint_drop_the_connection_is_poisoned() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("crasher").await;
+    let endpoint = Endpoint::start(|r, _| {
+        if r.body_text().contains("boom") {
+            Reply::close()
+        } else {
+            Reply::status(200)
+        }
+    })
+    .await;
+    let good = send_all(&queue, &texts("fine", 3)).await;
+    let pill = queue.send("boom", None, None).await.expect("send");
+    let sidecar = Sidecar::spawn(&with(
+        Sidecar::env(&azurite, "crasher", &endpoint.url),
+        &[
+            ("MAX_DEQUEUE_COUNT", "3"),
+            ("RETRY_BASE_DELAY", "1s"),
+            ("RETRY_MAX_DELAY", "1s"),
+            ("CREATE_POISON_QUEUE", "true"),
+        ],
+    ));
+    wait_count(&queue, 0, Duration::from_secs(40)).await;
+    let poison = poison_docs(drain_texts(&azurite.queue("crasher-poison")).await);
+    assert_eq!(poison.len(), 1, "{}", sidecar.output.text());
+    assert_eq!(poison[0]["messageId"], pill.as_str());
+    assert_eq!(poison[0]["text"], "boom");
+    assert_eq!(poison[0]["reason"], "attempts_exhausted");
+    assert_eq!(poison[0]["dequeueCount"], 3);
+    assert!(poison[0]["lastStatus"].is_null());
+    let pill_attempts = endpoint
+        .received()
+        .iter()
+        .filter(|r| r.body_text() == "boom")
+        .count();
+    assert_eq!(pill_attempts, 3, "exactly MAX_DEQUEUE_COUNT attempts");
+    let delivered: BTreeSet<String> = endpoint
+        .received()
+        .iter()
+        .filter(|r| r.body_text() != "boom")
+        .map(Received::event_id)
+        .collect();
+    assert_eq!(delivered, good);
+    assert_eq!(
+        sidecar.output.count_matching("receiving paused"),
+        0,
+        "a dropped connection is not an endpoint outage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_in_flight_when_the_post_finishes_decides_the_receipt() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("renewing").await;
+    // Azurite applies every Update at once; its answer (the new receipt) arrives 1.5 s later.
+    let proxy = QueueProxy::start(azurite.port, |r| match r.op() {
+        QueueOp::Update => Action::DelayAnswer(Duration::from_millis(1500)),
+        _ => Action::Forward,
+    })
+    .await;
+    // The renewal goes out at 4 s (half the lease) and is answered at 5.5 s; the POST ends at
+    // 4.7 s, while it is in flight.
+    let endpoint =
+        Endpoint::start(|_, _| Reply::status(200).after(Duration::from_millis(4700))).await;
+    let id = queue.send("renew me", None, None).await.expect("send");
+    let mut sidecar = Sidecar::spawn(&with(
+        through_proxy(&azurite, &proxy, "renewing", &endpoint.url),
+        &[("VISIBILITY_TIMEOUT", "8s"), ("HTTP_TIMEOUT", "20s")],
+    ));
+    wait_count(&queue, 0, WAIT).await;
+    // Long enough for a wrongly kept message to come back (lease 8 s after the renewal).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let summary = stop(&mut sidecar).await;
+    let got = endpoint.received();
+    assert_eq!(got.len(), 1, "delivered once: {}", sidecar.output.text());
+    assert_eq!(got[0].event_id(), id);
+    assert!(!proxy.of(QueueOp::Update).is_empty(), "a renewal was sent");
+    assert_eq!(sidecar.output.count_matching("lease lost"), 0);
+    assert_eq!(summary["delivered"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_refused_for_8_seconds_are_retried_and_nothing_is_redelivered() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("undeletable").await;
+    let since: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let first = since.clone();
+    let proxy = QueueProxy::start(azurite.port, move |r| {
+        if r.op() != QueueOp::Delete {
+            return Action::Forward;
+        }
+        let start = *first.lock().unwrap().get_or_insert(r.at);
+        if r.at.duration_since(start) < Duration::from_secs(8) {
+            Action::Answer {
+                status: 503,
+                code: "ServerBusy",
+            }
+        } else {
+            Action::Forward
+        }
+    })
+    .await;
+    let endpoint = Endpoint::ok().await;
+    let ids = send_all(&queue, &texts("sticky", 5)).await;
+    // The lease (4 s) is shorter than the outage: deleting must keep the lease alive.
+    let mut sidecar = Sidecar::spawn(&with(
+        through_proxy(&azurite, &proxy, "undeletable", &endpoint.url),
+        &[("VISIBILITY_TIMEOUT", "4s")],
+    ));
+    wait_count(&queue, 0, Duration::from_secs(40)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let summary = stop(&mut sidecar).await;
+    let got = endpoint.received();
+    assert_eq!(distinct_ids(&got), ids);
+    assert_eq!(got.len(), 5, "none redelivered: {}", sidecar.output.text());
+    assert!(
+        proxy
+            .of(QueueOp::Delete)
+            .iter()
+            .filter(|r| r.action == "answer")
+            .count()
+            >= 5,
+        "the deletes were refused for a while"
+    );
+    assert_eq!(summary["delivered"], 5);
+    assert_eq!(sidecar.output.count_matching("lease lost"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_delete_that_finds_the_message_gone_after_a_lost_answer_counts_as_deleted() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("lost-answer").await;
+    let cut = once_flag();
+    let flag = cut.clone();
+    let proxy = QueueProxy::start(azurite.port, move |r| {
+        if r.op() == QueueOp::Delete && !flag.swap(true, Ordering::SeqCst) {
+            Action::CutAfter
+        } else {
+            Action::Forward
+        }
+    })
+    .await;
+    let endpoint = Endpoint::ok().await;
+    queue
+        .send("deleted, unheard", None, None)
+        .await
+        .expect("send");
+    let mut sidecar = Sidecar::spawn(&through_proxy(
+        &azurite,
+        &proxy,
+        "lost-answer",
+        &endpoint.url,
+    ));
+    wait_count(&queue, 0, WAIT).await;
+    assert!(
+        wait_until(WAIT, || proxy.of(QueueOp::Delete).len() >= 2).await,
+        "the delete was retried"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let summary = stop(&mut sidecar).await;
+    let deletes = proxy.of(QueueOp::Delete);
+    assert_eq!(
+        deletes[0].upstream_status,
+        Some(204),
+        "the first delete was applied"
+    );
+    assert_eq!(
+        deletes[1].upstream_status,
+        Some(404),
+        "the retry found it gone"
+    );
+    assert_eq!(summary["delivered"], 1, "{}", sidecar.output.text());
+    assert_eq!(summary["delivered_not_deleted"], 0);
+    assert_eq!(sidecar.output.count_matching("lease lost"), 0);
+    assert_eq!(endpoint.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_hangs_or_fails_is_retried_before_the_lease_expires() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("hard-renewal").await;
+    let updates = Arc::new(AtomicUsize::new(0));
+    let seen = updates.clone();
+    // The first renewal hangs in front of the service (longer than the lease), the second is
+    // refused; later ones pass.
+    let proxy = QueueProxy::start(azurite.port, move |r| {
+        if r.op() != QueueOp::Update {
+            return Action::Forward;
+        }
+        match seen.fetch_add(1, Ordering::SeqCst) {
+            0 => Action::DelayForward(Duration::from_secs(30)),
+            1 => Action::Answer {
+                status: 503,
+                code: "ServerBusy",
+            },
+            _ => Action::Forward,
+        }
+    })
+    .await;
+    let endpoint = Endpoint::start(|_, _| Reply::status(200).after(Duration::from_secs(10))).await;
+    let id = queue.send("keep it", None, None).await.expect("send");
+    let mut sidecar = Sidecar::spawn(&with(
+        through_proxy(&azurite, &proxy, "hard-renewal", &endpoint.url),
+        &[("VISIBILITY_TIMEOUT", "8s"), ("HTTP_TIMEOUT", "30s")],
+    ));
+    wait_count(&queue, 0, Duration::from_secs(40)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let summary = stop(&mut sidecar).await;
+    let got = endpoint.received();
+    assert_eq!(
+        got.len(),
+        1,
+        "never handed out twice: {}",
+        sidecar.output.text()
+    );
+    assert_eq!(got[0].event_id(), id);
+    assert!(updates.load(Ordering::SeqCst) >= 3);
+    assert_eq!(summary["delivered"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_lease_is_gone_is_not_copied_to_the_poison_queue() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("taken").await;
+    let poison = azurite.create_queue("taken-poison").await;
+    let endpoint = Endpoint::start(|_, _| Reply::status(400).after(Duration::from_secs(2))).await;
+    queue
+        .send("someone else's now", None, None)
+        .await
+        .expect("send");
+    let sidecar = Sidecar::spawn(&Sidecar::env(&azurite, "taken", &endpoint.url));
+    endpoint.wait_for(1, WAIT).await;
+    // While the POST runs, the message is gone (another consumer finished it).
+    queue.clear().await.expect("clear");
+    assert!(
+        wait_until(WAIT, || sidecar.output.count_matching("lease lost") >= 1).await,
+        "{}",
+        sidecar.output.text()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        poison.approximate_message_count().await.expect("count"),
+        0,
+        "{}",
+        sidecar.output.text()
+    );
+    assert_eq!(
+        sidecar.output.count_matching("moved to the poison queue"),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_copy_whose_delete_failed_is_counted_as_such() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("twice").await;
+    let poison = azurite.create_queue("twice-poison").await;
+    let refused = once_flag();
+    let flag = refused.clone();
+    let proxy = QueueProxy::start(azurite.port, move |r| {
+        if r.op() == QueueOp::Delete && r.queue() == "twice" && !flag.swap(true, Ordering::SeqCst) {
+            Action::Answer {
+                status: 400,
+                code: "PopReceiptMismatch",
+            }
+        } else {
+            Action::Forward
+        }
+    })
+    .await;
+    let endpoint = Endpoint::start(|_, _| Reply::status(422)).await;
+    queue.send("rejected", None, None).await.expect("send");
+    let mut sidecar = Sidecar::spawn(&with(
+        through_proxy(&azurite, &proxy, "twice", &endpoint.url),
+        &[("VISIBILITY_TIMEOUT", "2s")],
+    ));
+    wait_count(&queue, 0, WAIT).await;
+    let summary = stop(&mut sidecar).await;
+    assert_eq!(
+        poison.approximate_message_count().await.expect("count"),
+        2,
+        "the copy whose delete failed, and the second one"
+    );
+    assert_eq!(
+        summary["poisoned_not_deleted"],
+        1,
+        "{}",
+        sidecar.output.text()
+    );
+    assert_eq!(summary["poisoned"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_zero_does_not_make_a_hot_loop() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("impatient").await;
+    let endpoint = Endpoint::start(|_, _| Reply::status(503).header("retry-after", "0")).await;
+    queue
+        .send("again and again", None, None)
+        .await
+        .expect("send");
+    let sidecar = Sidecar::spawn(&with(
+        Sidecar::env(&azurite, "impatient", &endpoint.url),
+        &[("MAX_DEQUEUE_COUNT", "0"), ("RETRY_BASE_DELAY", "100ms")],
+    ));
+    endpoint.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let attempts = endpoint.count();
+    // Update Message takes whole seconds: at most one attempt a second.
+    assert!(
+        (2..=6).contains(&attempts),
+        "{attempts} attempts in about 4 s: {}",
+        sidecar.output.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_stops_at_once_and_releases_what_is_in_flight() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("impatient-user").await;
+    let endpoint = Endpoint::start(|_, _| Reply::status(200).after(Duration::from_secs(60))).await;
+    send_all(&queue, &texts("stuck", 2)).await;
+    let mut sidecar = Sidecar::spawn(&with(
+        Sidecar::env(&azurite, "impatient-user", &endpoint.url),
+        &[
+            ("VISIBILITY_TIMEOUT", "60s"),
+            ("SHUTDOWN_TIMEOUT", "40s"),
+            ("HTTP_TIMEOUT", "90s"),
+        ],
+    ));
+    endpoint.wait_for(2, WAIT).await;
+    sidecar.signal("TERM");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = Instant::now();
+    sidecar.signal("TERM");
+    let code = sidecar.wait_exit(Duration::from_secs(8)).await;
+    assert_eq!(code, Some(0), "{}", sidecar.output.text());
+    assert!(second.elapsed() < Duration::from_secs(8));
+    let again = queue
+        .receive(32, Duration::from_secs(30))
+        .await
+        .expect("receive");
+    assert_eq!(again.len(), 2, "both released, visible at once");
+    assert_eq!(sidecar.summary()["released"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_a_last_receive_brings_in_after_sigterm_are_delivered_not_released() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("late-batch").await;
+    let ids = send_all(&queue, &texts("late", 3)).await;
+    let proxy = QueueProxy::start(azurite.port, |r| match r.op() {
+        QueueOp::Receive => Action::DelayAnswer(Duration::from_secs(2)),
+        _ => Action::Forward,
+    })
+    .await;
+    let endpoint = Endpoint::ok().await;
+    let mut sidecar = Sidecar::spawn(&through_proxy(
+        &azurite,
+        &proxy,
+        "late-batch",
+        &endpoint.url,
+    ));
+    assert!(wait_until(WAIT, || !proxy.of(QueueOp::Receive).is_empty()).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let summary = stop(&mut sidecar).await;
+    assert_eq!(distinct_ids(&endpoint.received()), ids);
+    assert_eq!(summary["delivered"], 3, "{}", sidecar.output.text());
+    assert_eq!(summary["released"], 0);
+    wait_count(&queue, 0, WAIT).await;
 }

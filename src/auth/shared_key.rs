@@ -763,6 +763,31 @@ mod tests {
         assert_eq!(authorization, expected_authorization(&sent, 10));
     }
 
+    /// azure_core hands the same `Request` to every try: signing it again must replace the
+    /// date and the signature, not add a second of either.
+    #[tokio::test]
+    async fn signing_the_same_request_twice_replaces_date_and_signature() {
+        let mut request = Request::new(
+            url("http://127.0.0.1:10001/devstoreaccount1/q/messages/id?popreceipt=abc"),
+            Method::Delete,
+        );
+        request.insert_header("x-ms-version", "2026-04-06");
+        let first = send_through_policy(&mut request).await;
+        let second = send_through_policy(&mut request).await;
+        for sent in [&first, &second] {
+            let values =
+                |name: &HeaderName| sent.headers().iter().filter(|(n, _)| *n == name).count();
+            assert_eq!(values(&AUTHORIZATION), 1);
+            assert_eq!(values(&MS_DATE), 1);
+        }
+        assert_eq!(first.url(), second.url());
+        let authorization = second
+            .headers()
+            .get_optional_str(&AUTHORIZATION)
+            .expect("authorization set");
+        assert_eq!(authorization, expected_authorization(&second, 0));
+    }
+
     #[tokio::test]
     async fn policy_without_a_next_policy_fails_instead_of_panicking() {
         let policy = SharedKeyPolicy::new("acct", Secret::new(DEV_KEY)).expect("valid");

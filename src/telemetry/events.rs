@@ -34,12 +34,33 @@ pub struct ReceiveSucceeded {
 
 impl InternalEvent for ReceiveSucceeded {
     fn emit(self) {
-        if health().queue_answered() == QueueTransition::FirstAnswer {
-            info!("the queue answered; ready");
-        }
+        queue_answered(Operation::Receive);
         if self.count > 0 {
             MessagesReceived { count: self.count }.emit();
         }
+    }
+}
+
+/// A receive-path call succeeded: the first ever, or the first after failures, is worth a
+/// line. Whichever call gets through first says so (after an outage the deletes under way may
+/// succeed before the next receive is even sent).
+fn queue_answered(operation: Operation) {
+    let recovered = |failed_calls| {
+        info!(
+            operation = operation.as_str(),
+            failed_attempts = failed_calls,
+            "queue reachable again"
+        )
+    };
+    match health().queue_answered() {
+        QueueTransition::FirstAnswer { failed_calls } => {
+            if failed_calls > 0 {
+                recovered(failed_calls);
+            }
+            info!("the queue answered; ready");
+        }
+        QueueTransition::Recovered { failed_calls } => recovered(failed_calls),
+        QueueTransition::Unchanged => {}
     }
 }
 
@@ -149,33 +170,86 @@ impl InternalEvent for DeliveryAttempted<'_> {
 /// A delivered message was deleted.
 pub struct MessageDeleted<'a> {
     pub message_id: &'a str,
+    /// The service confirmed an earlier try only by the message being gone on a retry: that
+    /// try's answer was lost.
+    pub by_earlier_try: bool,
 }
 
 impl InternalEvent for MessageDeleted<'_> {
     fn emit(self) {
-        debug!(message_id = self.message_id, "deleted");
+        if self.by_earlier_try {
+            debug!(message_id = self.message_id, answer_lost = true, "deleted");
+        } else {
+            debug!(message_id = self.message_id, "deleted");
+        }
         metrics().messages_deleted.inc();
-        health().queue_answered();
+        queue_answered(Operation::Delete);
     }
 }
 
-/// The message's lease was lost: another consumer owns it.
+/// The message's lease was lost: another consumer owns it, or it is gone.
 pub struct LeaseLost<'a> {
     pub message_id: &'a str,
     pub operation: Operation,
+    /// An earlier try of this Update got no answer but was applied: the service issued a new
+    /// pop receipt that never arrived, and Azure offers no way to learn it.
+    pub receipt_lost: bool,
 }
 
 impl InternalEvent for LeaseLost<'_> {
     fn emit(self) {
-        warn!(
-            message_id = self.message_id,
-            operation = self.operation.as_str(),
-            "lease lost: the message was received by another consumer or already deleted"
-        );
+        if self.receipt_lost {
+            warn!(
+                message_id = self.message_id,
+                operation = self.operation.as_str(),
+                cause = "receipt_lost",
+                "lease lost: an update was applied but its answer (the new pop receipt) never arrived; the message comes back when its lease ends"
+            );
+        } else {
+            warn!(
+                message_id = self.message_id,
+                operation = self.operation.as_str(),
+                cause = "taken",
+                "lease lost: the message was received by another consumer or already deleted"
+            );
+        }
         metrics()
             .leases_lost
             .get_or_create(&vec![("operation", self.operation.as_str().to_string())])
             .inc();
+    }
+}
+
+/// One try of a queue call failed and will be retried (the final failure of a call is a
+/// [`QueueCallFailed`] or a more specific event). Counted; logged at debug level only, and
+/// not a readiness failure: only a call that fails for good is.
+pub struct QueueCallRetried<'a> {
+    pub error: &'a QueueError,
+    /// 1 for the first try.
+    pub attempt: u32,
+    pub retry_in: Duration,
+}
+
+impl InternalEvent for QueueCallRetried<'_> {
+    fn emit(self) {
+        metrics()
+            .queue_errors
+            .get_or_create(&vec![
+                ("operation", self.error.operation.as_str().to_string()),
+                ("kind", self.error.kind.as_str().to_string()),
+            ])
+            .inc();
+        debug!(
+            operation = self.error.operation.as_str(),
+            kind = self.error.kind.as_str(),
+            status = self.error.status,
+            code = self.error.code.as_deref(),
+            attempt = self.attempt,
+            outcome_unknown = self.error.outcome_unknown,
+            retry_in_ms = millis(self.retry_in),
+            error = %self.error,
+            "queue call failed; retrying"
+        );
     }
 }
 
@@ -211,22 +285,6 @@ impl InternalEvent for QueueCallFailed<'_> {
             error = %self.error,
             hint = self.error.kind.hint(),
             "queue call failed"
-        );
-    }
-}
-
-/// The queue answers again after failures.
-pub struct QueueRecovered {
-    pub operation: Operation,
-    pub failures: u64,
-}
-
-impl InternalEvent for QueueRecovered {
-    fn emit(self) {
-        info!(
-            operation = self.operation.as_str(),
-            failed_attempts = self.failures,
-            "queue reachable again"
         );
     }
 }
@@ -288,7 +346,7 @@ impl InternalEvent for RetryScheduled<'_> {
             .retries
             .get_or_create(&vec![("failure", self.failure.label())])
             .inc();
-        health().queue_answered();
+        queue_answered(Operation::Update);
     }
 }
 
@@ -318,6 +376,25 @@ impl InternalEvent for MessagePoisoned<'_> {
             .poisoned
             .get_or_create(&vec![("reason", self.reason.label().to_string())])
             .inc();
+    }
+}
+
+/// A poison copy was written, but the message could not be deleted from the main queue: it
+/// comes back and is poisoned again, leaving a second copy in the poison queue.
+pub struct PoisonedNotDeleted<'a> {
+    pub message_id: &'a str,
+    pub poison_queue: &'a str,
+}
+
+impl InternalEvent for PoisonedNotDeleted<'_> {
+    fn emit(self) {
+        error!(
+            message_id = self.message_id,
+            poison_queue = self.poison_queue,
+            outcome = "poisoned_not_deleted",
+            "written to the poison queue but not deleted from the main queue: it will be poisoned again (a second copy, never a loss)"
+        );
+        metrics().poisoned_not_deleted.inc();
     }
 }
 
@@ -352,7 +429,7 @@ impl InternalEvent for LeaseRenewed<'_> {
     fn emit(self) {
         debug!(message_id = self.message_id, "lease renewed");
         metrics().lease_renewals.inc();
-        health().queue_answered();
+        queue_answered(Operation::Update);
     }
 }
 
@@ -365,6 +442,21 @@ impl InternalEvent for MessageReleased<'_> {
     fn emit(self) {
         info!(message_id = self.message_id, "released at shutdown");
         metrics().released.inc();
+    }
+}
+
+/// A second SIGTERM/SIGINT during the drain: deliveries in progress are cut off now and their
+/// messages released.
+pub struct StopNowRequested {
+    pub in_flight: usize,
+}
+
+impl InternalEvent for StopNowRequested {
+    fn emit(self) {
+        warn!(
+            in_flight = self.in_flight,
+            "second signal: stopping now; deliveries in progress are cut off and their messages released"
+        );
     }
 }
 
@@ -418,6 +510,7 @@ impl InternalEvent for EndpointUp {
 
 /// Shutdown: the drain ended.
 pub struct DrainFinished {
+    /// Deliveries were cut off (the timeout passed, or a second signal came).
     pub timed_out: bool,
     pub released: u64,
 }
@@ -427,7 +520,7 @@ impl InternalEvent for DrainFinished {
         if self.timed_out {
             warn!(
                 released = self.released,
-                "SHUTDOWN_TIMEOUT reached: deliveries still running were cut off and their messages released"
+                "deliveries still running were cut off (SHUTDOWN_TIMEOUT reached, or a second signal) and their messages released"
             );
         }
     }

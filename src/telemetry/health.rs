@@ -65,8 +65,11 @@ impl Probe {
 /// What a queue answer changed, so the event can log state changes (and only those).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueTransition {
-    /// The very first successful answer: the sidecar became ready.
-    FirstAnswer,
+    /// The very first successful answer: the sidecar became ready (after `failed_calls`
+    /// failures).
+    FirstAnswer { failed_calls: u64 },
+    /// The first success after failed calls (of any receive-path operation).
+    Recovered { failed_calls: u64 },
     /// Nothing worth a line.
     Unchanged,
 }
@@ -103,6 +106,8 @@ struct State {
     paused: bool,
     queue: QueueState,
     answered_once: bool,
+    /// Receive-path calls that failed since the last success.
+    failed_calls: u64,
     shutting_down: bool,
     endpoint: EndpointState,
 }
@@ -137,6 +142,7 @@ impl Health {
                 paused: false,
                 queue: QueueState::Waiting,
                 answered_once: false,
+                failed_calls: 0,
                 shutting_down: false,
                 endpoint: EndpointState::default(),
             }),
@@ -163,11 +169,14 @@ impl Health {
     pub fn queue_answered(&self) -> QueueTransition {
         let mut state = self.lock();
         state.queue = QueueState::Answering;
-        if state.answered_once {
-            QueueTransition::Unchanged
-        } else {
+        let failed_calls = std::mem::take(&mut state.failed_calls);
+        if !state.answered_once {
             state.answered_once = true;
-            QueueTransition::FirstAnswer
+            QueueTransition::FirstAnswer { failed_calls }
+        } else if failed_calls > 0 {
+            QueueTransition::Recovered { failed_calls }
+        } else {
+            QueueTransition::Unchanged
         }
     }
 
@@ -182,7 +191,9 @@ impl Health {
         if !receive_path || kind == QueueErrorKind::MessageGone {
             return;
         }
-        self.lock().queue = QueueState::Failing { operation, kind };
+        let mut state = self.lock();
+        state.queue = QueueState::Failing { operation, kind };
+        state.failed_calls += 1;
     }
 
     /// Receiving paused (the endpoint is down) or resumed. Resuming counts as progress.
@@ -338,7 +349,10 @@ mod tests {
         assert!(!probe.ok);
         assert!(probe.reason.contains("waiting"), "{}", probe.reason);
 
-        assert_eq!(health.queue_answered(), QueueTransition::FirstAnswer);
+        assert_eq!(
+            health.queue_answered(),
+            QueueTransition::FirstAnswer { failed_calls: 0 }
+        );
         assert!(health.readiness().ok);
         assert_eq!(health.queue_answered(), QueueTransition::Unchanged);
 
@@ -348,8 +362,13 @@ mod tests {
             Probe::fail("queue receive failed: unreachable")
         );
         assert!(!health.queue_ready());
-        health.queue_answered();
+        health.queue_failed(Operation::Delete, QueueErrorKind::Throttled);
+        assert_eq!(
+            health.queue_answered(),
+            QueueTransition::Recovered { failed_calls: 2 }
+        );
         assert!(health.readiness().ok);
+        assert_eq!(health.queue_answered(), QueueTransition::Unchanged);
 
         // Neither a lost lease, the queue-length poll nor the poison queue is a fault of the
         // receive path.

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub token_requests: Family<Labels, Counter>,
     /// Failed token endpoint calls by identity and status.
     pub token_endpoint_errors: Family<Labels, Counter>,
+    /// Poison copies written whose message could not be deleted from the main queue.
+    pub poisoned_not_deleted: Counter,
 }
 
 /// Queue call latency buckets: 1 ms .. ~65 s.
@@ -71,6 +73,7 @@ impl Metrics {
             queue_messages: Gauge::default(),
             token_requests: Family::default(),
             token_endpoint_errors: Family::default(),
+            poisoned_not_deleted: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -132,6 +135,11 @@ impl Metrics {
             "message_age_seconds",
             "Time from enqueue to successful delivery",
             metrics.message_age_seconds.clone(),
+        );
+        registry.register(
+            "messages_poisoned_not_deleted",
+            "Messages written to the poison queue whose delete from the main queue then failed: they come back and are poisoned again (a second copy)",
+            metrics.poisoned_not_deleted.clone(),
         );
         metrics.register_operability(&mut registry);
         metrics.register_identity(&mut registry);

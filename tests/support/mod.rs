@@ -257,6 +257,8 @@ pub async fn drain_texts(queue: &Queue) -> Vec<String> {
 /// One request the endpoint received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The request path, e.g. `/events` (tests that run several sidecars give each its own).
+    pub path: String,
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
     pub at: Instant,
@@ -289,6 +291,9 @@ pub struct Reply {
     pub status: u16,
     pub delay: Duration,
     pub headers: Vec<(String, String)>,
+    /// Close the connection (after `delay`) without answering at all, as an app that crashes
+    /// on a request does.
+    pub close: bool,
 }
 
 impl Reply {
@@ -297,6 +302,15 @@ impl Reply {
             status,
             delay: Duration::ZERO,
             headers: Vec::new(),
+            close: false,
+        }
+    }
+
+    /// Reads the request, then closes the connection without an answer.
+    pub fn close() -> Self {
+        Self {
+            close: true,
+            ..Self::status(500)
         }
     }
 
@@ -313,11 +327,22 @@ impl Reply {
 
 type Behaviour = Arc<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
 
+/// An answer the endpoint actually wrote: recorded after the reply's delay, so a request whose
+/// client hung up meanwhile (hyper then drops the handler) has none.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The request's index in [`Endpoint::received`].
+    pub index: usize,
+    pub status: u16,
+    pub at: Instant,
+}
+
 /// A real HTTP/1.1 server on loopback that records every request and answers per a behaviour
 /// (given the request and how many requests came before it).
 pub struct Endpoint {
     pub url: String,
     received: Arc<Mutex<Vec<Received>>>,
+    answers: Arc<Mutex<Vec<Answer>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -350,20 +375,22 @@ impl Endpoint {
     fn serve(listener: tokio::net::TcpListener, behaviour: Behaviour) -> Self {
         let addr = listener.local_addr().expect("endpoint address");
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let store = received.clone();
+        let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
+        let (store, answered) = (received.clone(), answers.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let store = store.clone();
+                let (store, answered) = (store.clone(), answered.clone());
                 let behaviour = behaviour.clone();
                 tokio::spawn(async move {
                     let service =
                         service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                            let store = store.clone();
+                            let (store, answered) = (store.clone(), answered.clone());
                             let behaviour = behaviour.clone();
                             async move {
+                                let path = request.uri().path().to_string();
                                 let headers = request
                                     .headers()
                                     .iter()
@@ -383,11 +410,12 @@ impl Endpoint {
                                     .unwrap_or_default();
                                 if !is_post {
                                     // Probes (HEAD) are answered but not recorded as deliveries.
-                                    return Ok::<_, hyper::Error>(hyper::Response::new(Full::new(
-                                        Bytes::new(),
-                                    )));
+                                    return Ok::<_, std::io::Error>(hyper::Response::new(
+                                        Full::new(Bytes::new()),
+                                    ));
                                 }
                                 let record = Received {
+                                    path,
                                     headers,
                                     body,
                                     at: Instant::now(),
@@ -401,6 +429,16 @@ impl Endpoint {
                                 if !reply.delay.is_zero() {
                                     tokio::time::sleep(reply.delay).await;
                                 }
+                                if reply.close {
+                                    // An error from the service makes hyper close the
+                                    // connection without writing a response.
+                                    return Err(std::io::Error::other("closed without an answer"));
+                                }
+                                answered.lock().expect("answers lock").push(Answer {
+                                    index,
+                                    status: reply.status,
+                                    at: Instant::now(),
+                                });
                                 let mut response = hyper::Response::new(Full::new(Bytes::new()));
                                 *response.status_mut() = hyper::StatusCode::from_u16(reply.status)
                                     .expect("valid status");
@@ -412,7 +450,7 @@ impl Endpoint {
                                             .expect("header value"),
                                     );
                                 }
-                                Ok::<_, hyper::Error>(response)
+                                Ok::<_, std::io::Error>(response)
                             }
                         });
                     let _ = http1::Builder::new()
@@ -424,8 +462,19 @@ impl Endpoint {
         Self {
             url: format!("http://{addr}/events"),
             received,
+            answers,
             task,
         }
+    }
+
+    /// The answers actually written so far, in order.
+    pub fn answers(&self) -> Vec<Answer> {
+        self.answers.lock().expect("answers lock").clone()
+    }
+
+    /// `http://127.0.0.1:PORT` without a path, to build per-sidecar endpoint URLs.
+    pub fn base_url(&self) -> String {
+        self.url.trim_end_matches("/events").to_string()
     }
 
     pub fn port(&self) -> u16 {
@@ -498,7 +547,7 @@ impl Sidecar {
         let admin_addr = env_value(&env, "ADMIN_ADDR")
             .filter(|addr| !addr.eq_ignore_ascii_case("off"))
             .map(str::to_string);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_azure-queue-sidecar"));
+        let mut command = Command::new(sidecar_bin());
         command
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -566,9 +615,17 @@ impl Drop for Sidecar {
     }
 }
 
+/// The binary under test: this build's, or `$SIDECAR_BIN` (e.g. a build of the previous
+/// commit, to watch a new regression test fail against the code it guards).
+pub fn sidecar_bin() -> PathBuf {
+    std::env::var_os("SIDECAR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_azure-queue-sidecar")))
+}
+
 /// Runs the sidecar binary with `env` to completion (for configuration errors and --help).
 pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_azure-queue-sidecar"))
+    let output = Command::new(sidecar_bin())
         .args(args)
         .env_clear()
         .envs(env.iter().copied())
@@ -587,8 +644,9 @@ pub fn b64(bytes: &[u8]) -> String {
 }
 
 impl Azurite {
-    /// Stops Azurite gracefully (SIGTERM), letting an on-disk workspace flush.
-    pub async fn stop(&mut self) {
+    /// Stops Azurite gracefully (SIGTERM), letting an on-disk workspace flush. False if it had
+    /// to be killed after 10 s.
+    pub async fn stop(&mut self) -> bool {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -596,11 +654,12 @@ impl Azurite {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.kill();
+        false
     }
 }
 
@@ -829,6 +888,9 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 
 /// Microsoft Entra ID test parts (HTTPS Azurite, token issuer, private CA).
 pub mod entra;
+
+/// A fault-injecting HTTP proxy in front of Azurite.
+pub mod proxy;
 
 /// Runs a sidecar command (`check`, `healthcheck`) to completion off the async workers, which
 /// keep serving the test's endpoint, issuer and proxy meanwhile.
