@@ -16,15 +16,15 @@
 
 use crate::backoff::Backoff;
 use crate::delivery::{Deliverer, Failure, Outcome};
-use crate::event::{encode, EventMapper};
+use crate::event::EventMapper;
 use crate::poison::{envelope, PoisonError, PoisonQueue};
 use crate::queue::{Operation, Queue, QueueError, QueueErrorKind, ReceivedMessage};
 use crate::retry::{Decision, PoisonReason, RetryPolicy};
 use crate::shutdown::Shutdown;
 use crate::telemetry::events::{
-    Degraded, DeliveryAttempted, InFlightChanged, InternalEvent, LeaseLost, LeaseRenewed,
-    MessageDeleted, MessagePoisoned, MessageReleased, MessageUnmappable, PoisonBlocked,
-    QueueCallFailed, RetryScheduled,
+    Degraded, DeliveryAttempted, EventNoticed, InFlightChanged, InternalEvent, LeaseLost,
+    LeaseRenewed, MessageDeleted, MessagePoisoned, MessageReleased, MessageUnmappable,
+    PoisonBlocked, QueueCallFailed, RetryScheduled,
 };
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -178,12 +178,17 @@ impl Worker {
         let _in_flight = InFlightGuard::new();
         let lease = Lease::new(&message.pop_receipt);
 
-        let payload = match self
-            .mapper
-            .to_event(&message)
-            .and_then(|event| encode(event, self.mapper.mode()))
-        {
-            Ok(payload) => payload,
+        let payload = match self.mapper.to_event(&message) {
+            Ok(event) => {
+                if let Some(notice) = event.notice() {
+                    EventNoticed {
+                        message_id: &message.id,
+                        notice,
+                    }
+                    .emit();
+                }
+                event.encode(self.mapper.mode())
+            }
             Err(error) => {
                 let reason = error.to_string();
                 MessageUnmappable {

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub token_requests: Family<Labels, Counter>,
     /// Failed token endpoint calls by identity and status.
     pub token_endpoint_errors: Family<Labels, Counter>,
+    /// Messages that looked like a CloudEvent or an Event Grid event but were not valid ones.
+    pub invalid_events_wrapped: Counter,
 }
 
 /// Queue call latency buckets: 1 ms .. ~65 s.
@@ -71,6 +73,7 @@ impl Metrics {
             queue_messages: Gauge::default(),
             token_requests: Family::default(),
             token_endpoint_errors: Family::default(),
+            invalid_events_wrapped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,6 +138,7 @@ impl Metrics {
         );
         metrics.register_operability(&mut registry);
         metrics.register_identity(&mut registry);
+        metrics.register_events(&mut registry);
         Self {
             registry,
             ..metrics
@@ -170,6 +174,14 @@ impl Metrics {
             "token_endpoint_errors",
             "Failed token endpoint calls (each retry counts) by identity and status",
             self.token_endpoint_errors.clone(),
+        );
+    }
+
+    fn register_events(&self, registry: &mut Registry) {
+        registry.register(
+            "invalid_events_wrapped",
+            "Messages that looked like a CloudEvent or an Event Grid event but were not valid ones, delivered wrapped as data",
+            self.invalid_events_wrapped.clone(),
         );
     }
 
