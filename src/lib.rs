@@ -11,7 +11,8 @@
 //!   tokens from a workload or managed identity (`azure_identity`).
 //! - [`queue`]: the queue operations we use (receive, delete, update, send, properties), with
 //!   failures classified into what the loop can act on.
-//! - [`event`]: queue message → CloudEvent → HTTP headers and body (binary or structured).
+//! - [`event`]: queue message → CloudEvent → HTTP headers and body (binary or structured):
+//!   JSON kept verbatim, CloudEvents passed through as written, Event Grid events mapped.
 //! - [`delivery`]: one POST and the meaning of its answer.
 //! - [`retry`]: the rules after an attempt — delete, retry later (and when), or poison.
 //! - [`worker`]: one message's life — POST with lease renewal, then delete, retry or poison.
