@@ -565,7 +565,7 @@ async fn no_secret_appears_in_logs_help_check_probes_or_metrics() {
     assert_eq!(
         started["endpoint"],
         format!(
-            "http://user:REDACTED@127.0.0.1:{}/events?code=REDACTED",
+            "http://REDACTED:REDACTED@127.0.0.1:{}/events?code=REDACTED",
             endpoint.port()
         )
     );
