@@ -578,6 +578,8 @@ fn cloud_event_from(members: &[(Cow<'_, str>, &RawValue)]) -> Result<Event, Stri
             ("id" | "source" | "type", v) => {
                 return Err(format!("{name} must be a non-empty string, got {}", kind(&v)))
             }
+            // `dataschema` is a URI in the spec, but any non-empty reference is accepted:
+            // Event Grid itself writes `"dataschema":"#"` when it converts its own schema.
             ("subject" | "dataschema", Value::String(v)) if !v.is_empty() => Some(v),
             ("time", Value::String(v)) if OffsetDateTime::parse(&v, &Rfc3339).is_ok() => Some(v),
             ("datacontenttype", Value::String(v)) if is_header_value(&v) => {

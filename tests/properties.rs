@@ -297,11 +297,17 @@ fn check_message(text: String, bytes: &[u8], passthrough: bool, decode_base64: b
                 if origin == Origin::Wrapped {
                     check_wrapped_data(&members, bytes);
                 }
-                // The CloudEvents SDK accepts the envelope (its model cannot hold some data,
-                // e.g. 1e400, so the data member is left out of this check).
+                // The CloudEvents SDK accepts the envelope. Its model cannot hold some data
+                // (e.g. 1e400), so the data member is left out of this check, and it insists on
+                // an absolute URL in `dataschema`, where the sidecar accepts any non-empty
+                // URI reference: Event Grid itself writes `"dataschema":"#"`.
+                let absolute = |v: &str| {
+                    serde_json::from_str::<String>(v).is_ok_and(|s| url::Url::parse(&s).is_ok())
+                };
                 let attributes: serde_json::Map<String, serde_json::Value> = members
                     .iter()
                     .filter(|(k, _)| k != "data" && k != "data_base64")
+                    .filter(|(k, v)| k != "dataschema" || absolute(v))
                     .map(|(k, v)| {
                         let value = serde_json::from_str(v).unwrap_or(serde_json::Value::Null);
                         (k.clone(), value)
