@@ -58,8 +58,9 @@ pub const CONTEXT_ATTRIBUTES: [&str; 10] = [
     "data",
     "data_base64",
 ];
-/// The extensions the sidecar sets on every event. They win over a producer's attributes of
-/// the same name: receivers can trust them to describe this queue and this delivery.
+/// The extensions the sidecar sets (`queuemessageid` only on events that came in the message,
+/// whose `id` is the producer's). They win over a producer's attributes of the same name:
+/// receivers can trust them to describe this queue and this delivery.
 pub const QUEUE_EXTENSIONS: [&str; 3] = ["queuemessageid", "dequeuecount", "expirytime"];
 /// The extensions an Event Grid schema event's version fields become.
 pub const EVENT_GRID_EXTENSIONS: [&str; 2] = ["dataversion", "metadataversion"];
@@ -134,28 +135,69 @@ impl HttpPayload {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Attribute {
     name: Cow<'static, str>,
-    /// The value's JSON text, exactly as structured mode writes it.
-    json: String,
-    /// The value as text for its `ce-` header (before percent-encoding); `None` for a JSON
-    /// `null`, which the JSON format defines as unset.
-    text: Option<String>,
+    value: AttributeValue,
+}
+
+/// An attribute's value, kept in the form that costs least for the common case (binary mode,
+/// the sidecar's own attributes): JSON escaping happens only when structured mode writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AttributeValue {
+    /// A string the sidecar sets.
+    String(String),
+    /// A number the sidecar sets, as text.
+    Number(String),
+    /// A member as the producer wrote it: its JSON text exactly, and its text for a `ce-`
+    /// header (`None` for a JSON `null`, which the JSON format defines as unset).
+    Raw { json: String, text: Option<String> },
 }
 
 impl Attribute {
     fn string(name: &'static str, value: &str) -> Self {
         Self {
             name: Cow::Borrowed(name),
-            json: json_string(value),
-            text: Some(value.to_string()),
+            value: AttributeValue::String(value.to_string()),
         }
     }
 
     fn integer(name: &'static str, value: i64) -> Self {
-        let text = value.to_string();
         Self {
             name: Cow::Borrowed(name),
-            json: text.clone(),
-            text: Some(text),
+            value: AttributeValue::Number(value.to_string()),
+        }
+    }
+
+    fn raw(name: Cow<'static, str>, raw: &RawValue, text: Option<String>) -> Self {
+        Self {
+            name,
+            value: AttributeValue::Raw {
+                json: raw.get().to_string(),
+                text,
+            },
+        }
+    }
+
+    /// The value as text (before percent-encoding), `None` if null.
+    fn text(&self) -> Option<&str> {
+        match &self.value {
+            AttributeValue::String(text) | AttributeValue::Number(text) => Some(text),
+            AttributeValue::Raw { text, .. } => text.as_deref(),
+        }
+    }
+
+    /// The value as structured mode writes it.
+    fn json(&self) -> Cow<'_, str> {
+        match &self.value {
+            AttributeValue::String(text) => Cow::Owned(json_string(text)),
+            AttributeValue::Number(text) => Cow::Borrowed(text),
+            AttributeValue::Raw { json, .. } => Cow::Borrowed(json),
+        }
+    }
+
+    /// The value as text, taken out for a header.
+    fn into_text(self) -> Option<String> {
+        match self.value {
+            AttributeValue::String(text) | AttributeValue::Number(text) => Some(text),
+            AttributeValue::Raw { text, .. } => text,
         }
     }
 }
@@ -205,7 +247,7 @@ impl Event {
         self.attributes
             .iter()
             .find(|a| a.name == name)
-            .and_then(|a| a.text.as_deref())
+            .and_then(Attribute::text)
     }
 
     /// Sets an attribute, replacing one of the same name wherever it was.
@@ -244,7 +286,7 @@ impl Event {
             body.extend_from_slice(json);
         };
         for attribute in &self.attributes {
-            member(&mut body, &attribute.name, attribute.json.as_bytes());
+            member(&mut body, &attribute.name, attribute.json().as_bytes());
         }
         match self.data {
             Some(Data::Json(text)) => member(&mut body, "data", trim_json_space(&text).as_bytes()),
@@ -269,18 +311,19 @@ impl Event {
         let mut headers = Vec::with_capacity(self.attributes.len() + 1);
         let mut content_type = false;
         for attribute in self.attributes {
-            let Some(text) = attribute.text else {
+            let name = attribute.name.clone();
+            let Some(text) = attribute.into_text() else {
                 continue;
             };
-            if attribute.name == "datacontenttype" {
+            if name == "datacontenttype" {
                 // Checked to be a valid header value when the event was read or built.
                 headers.push(("content-type".to_string(), text));
                 content_type = true;
             } else {
-                let mut name = String::with_capacity(3 + attribute.name.len());
-                name.push_str("ce-");
-                name.push_str(&attribute.name);
-                headers.push((name, percent_encoded(text)));
+                let mut header = String::with_capacity(3 + name.len());
+                header.push_str("ce-");
+                header.push_str(&name);
+                headers.push((header, percent_encoded(text)));
             }
         }
         let (body, implies_json) = match self.data {
@@ -342,11 +385,14 @@ impl EventMapper {
         for (name, value) in &self.config.overrides {
             event.set(Attribute {
                 name: Cow::Owned(name.clone()),
-                json: json_string(value),
-                text: Some(value.clone()),
+                value: AttributeValue::String(value.clone()),
             });
         }
-        event.set(Attribute::string("queuemessageid", &message.id));
+        // A wrapped event's id is the queue message id already; an event that came in the
+        // message has its own id, so the message's is added to trace it back.
+        if event.origin != Origin::Wrapped {
+            event.set(Attribute::string("queuemessageid", &message.id));
+        }
         event.set(Attribute::integer(
             "dequeuecount",
             i64::from(message.dequeue_count),
@@ -622,11 +668,7 @@ fn cloud_event_from(members: &[(Cow<'_, str>, &RawValue)]) -> Result<Event, Stri
                 ))
             }
         };
-        attributes.push(Attribute {
-            name: Cow::Owned(name.to_string()),
-            json: raw.get().to_string(),
-            text,
-        });
+        attributes.push(Attribute::raw(Cow::Owned(name.to_string()), raw, text));
     }
     for required in ["id", "source", "type"] {
         if !attributes.iter().any(|a| a.name == required) {
@@ -736,11 +778,7 @@ fn event_grid_from(members: &[(Cow<'_, str>, &RawValue)]) -> Result<Event, Strin
         field: Option<(String, &RawValue)>,
     ) {
         if let Some((text, raw)) = field {
-            attributes.push(Attribute {
-                name: Cow::Borrowed(name),
-                json: raw.get().to_string(),
-                text: Some(text),
-            });
+            attributes.push(Attribute::raw(Cow::Borrowed(name), raw, Some(text)));
         }
     }
     let mut attributes = vec![Attribute::string("specversion", "1.0")];
@@ -1012,7 +1050,11 @@ mod tests {
         assert_eq!(payload.header("content-type"), Some(JSON));
         assert_eq!(payload.header("ce-specversion"), Some("1.0"));
         assert_eq!(payload.header("ce-id"), Some(ID));
-        assert_eq!(payload.header("ce-queuemessageid"), Some(ID));
+        assert_eq!(
+            payload.header("ce-queuemessageid"),
+            None,
+            "the id is the message id"
+        );
         assert_eq!(
             payload.header("ce-type"),
             Some("com.microsoft.azure.queuestorage")

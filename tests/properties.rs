@@ -213,11 +213,17 @@ fn assert_valid_headers(payload: &HttpPayload) {
         "ce-source",
         "ce-type",
         "ce-specversion",
-        "ce-queuemessageid",
+        "ce-dequeuecount",
     ] {
         let count = payload.headers.iter().filter(|(n, _)| n == name).count();
         assert_eq!(count, 1, "{name} once");
     }
+    let message_ids = payload
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "ce-queuemessageid")
+        .count();
+    assert!(message_ids <= 1, "ce-queuemessageid at most once");
     let content_types = payload
         .headers
         .iter()
