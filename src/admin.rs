@@ -9,9 +9,12 @@
 //! server holds no state of its own. Each probe answers in plain text with a short reason, so
 //! `kubectl describe pod` and `curl` show why a probe fails.
 //!
-//! Hardening for a port that may be reachable from the whole cluster: only `GET`/`HEAD`, a
-//! bounded number of connections, a timeout on reading request headers and a maximum
-//! connection age, and nothing secret in any answer (metrics carry counts and labels only).
+//! Hardening for a port that may be reachable from the whole cluster: only `GET`/`HEAD`; a
+//! bounded number of connections where a new one closes the quietest instead of being turned
+//! away (idle or half-sent connections from a neighbour cannot starve the kubelet's probes);
+//! timeouts on reading request headers and on idle connections, a maximum connection age; and
+//! nothing secret in any answer (metrics carry counts and labels only). deploy/base adds a
+//! NetworkPolicy that admits the port only from where probes and scrapes come from.
 
 use crate::telemetry::events::LivenessChanged;
 use crate::telemetry::events::{AdminConnectionFailed, AdminServerStarted, InternalEvent};
@@ -26,18 +29,25 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
-/// Connections served at once; more are closed at once. Probes and scrapes need a handful.
+/// Connections served at once. Probes and scrapes need a handful; when all are taken, the
+/// connection that has been quiet longest is closed to make room (see [`serve`]).
 const MAX_CONNECTIONS: usize = 32;
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// After this long a keep-alive connection is closed (gracefully), so idle clients cannot hold
-/// all the connection slots forever.
+/// A connection that sends nothing for this long is closed (idle keep-alive, or a client that
+/// connected and never spoke).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After this long a keep-alive connection is closed (gracefully) even if it is busy.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
 
 /// The OpenMetrics text format that `prometheus-client` writes (Prometheus scrapes it).
@@ -88,11 +98,21 @@ impl Drop for AdminServer {
     }
 }
 
+/// The accept loop. A full house never turns a new connection away: the kubelet's probe is
+/// usually the newest connection, and idle or half-sent ones from a neighbour must not starve
+/// it. Instead the connection that read nothing for the longest time is closed; one that is
+/// sending a request has just read bytes, so it is the last to go.
 async fn serve(listener: TcpListener) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let epoch = Instant::now();
+    let mut open: Vec<(u64, Arc<Activity>)> = Vec::with_capacity(MAX_CONNECTIONS + 1);
     let mut connections = JoinSet::new();
+    let mut next_id = 0u64;
     loop {
-        while connections.try_join_next().is_some() {}
+        while let Some(done) = connections.try_join_next() {
+            if let Ok(id) = done {
+                open.retain(|(open_id, _)| *open_id != id);
+            }
+        }
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
@@ -102,17 +122,104 @@ async fn serve(listener: TcpListener) {
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue; // Too many connections: this one is closed by the drop.
-        };
+        if open.len() >= MAX_CONNECTIONS {
+            let quietest = open
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, activity))| activity.last_read_ms())
+                .map(|(index, _)| index);
+            if let Some(index) = quietest {
+                let (_, activity) = open.swap_remove(index);
+                activity.close.notify_one();
+            }
+        }
+        let activity = Arc::new(Activity::new(epoch));
+        let id = next_id;
+        next_id += 1;
+        open.push((id, activity.clone()));
         connections.spawn(async move {
-            serve_connection(stream).await;
-            drop(slot);
+            serve_connection(stream, activity).await;
+            id
         });
     }
 }
 
-async fn serve_connection(stream: TcpStream) {
+/// When a connection last read bytes, and how to close it from the accept loop.
+struct Activity {
+    epoch: Instant,
+    /// Milliseconds after `epoch`.
+    last_read: AtomicU64,
+    close: Notify,
+}
+
+impl Activity {
+    fn new(epoch: Instant) -> Self {
+        let activity = Self {
+            epoch,
+            last_read: AtomicU64::new(0),
+            close: Notify::new(),
+        };
+        activity.touch();
+        activity
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_read.store(ms, Ordering::Relaxed);
+    }
+
+    fn last_read_ms(&self) -> u64 {
+        self.last_read.load(Ordering::Relaxed)
+    }
+
+    /// When the connection counts as idle, unless it reads something before.
+    fn idle_at(&self) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(
+            self.epoch + Duration::from_millis(self.last_read_ms()) + IDLE_TIMEOUT,
+        )
+    }
+}
+
+/// A TCP stream that records when it last read bytes.
+struct Tracked {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+async fn serve_connection(stream: TcpStream, activity: Arc<Activity>) {
     let service = service_fn(|request: Request<Incoming>| async move {
         Ok::<_, Infallible>(respond(
             request.method(),
@@ -121,18 +228,33 @@ async fn serve_connection(stream: TcpStream) {
             Instant::now(),
         ))
     });
+    let io = TokioIo::new(Tracked {
+        stream,
+        activity: activity.clone(),
+    });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(io, service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = tokio::time::sleep(MAX_CONNECTION_AGE) => {
-            connection.as_mut().graceful_shutdown();
-            match tokio::time::timeout(HEADER_READ_TIMEOUT, connection.as_mut()).await {
-                Ok(result) => result,
-                Err(_) => Ok(()),
+    let too_old = tokio::time::sleep(MAX_CONNECTION_AGE);
+    tokio::pin!(too_old);
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            // Closed by the accept loop to make room, or idle: dropping closes the socket.
+            () = activity.close.notified() => break Ok(()),
+            () = tokio::time::sleep_until(activity.idle_at()) => {
+                if activity.idle_at() <= tokio::time::Instant::now() {
+                    break Ok(());
+                }
+            }
+            () = &mut too_old => {
+                connection.as_mut().graceful_shutdown();
+                break match tokio::time::timeout(HEADER_READ_TIMEOUT, connection.as_mut()).await {
+                    Ok(result) => result,
+                    Err(_) => Ok(()),
+                };
             }
         }
     };

@@ -91,6 +91,21 @@ pub struct EventConfig {
     pub overrides: BTreeMap<String, String>,
     /// Whether message text is base64 that must be decoded first.
     pub decode_base64: bool,
+    /// Whether messages that are CloudEvents (or Event Grid events) are forwarded as those
+    /// events (`CE_PASSTHROUGH`); when false every message is wrapped.
+    pub passthrough: bool,
+    /// What to do with Event Grid schema events (`EVENTGRID_SCHEMA`).
+    pub event_grid: EventGridSchema,
+}
+
+/// What becomes of a message in the Event Grid event schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventGridSchema {
+    /// Mapped to the CloudEvent Event Grid itself would deliver (`id`, `source` = `topic`,
+    /// `type` = `eventType`, ...).
+    Map,
+    /// Wrapped as JSON data, like any other JSON message.
+    Wrap,
 }
 
 /// Idle polling bounds.
@@ -184,6 +199,11 @@ pub const VARIABLES: &[VariableDoc] = &[
         meaning: "queue service URL (Azurite: http://127.0.0.1:10001/devstoreaccount1)",
     },
     VariableDoc {
+        name: "AZURE_STORAGE_ALLOW_HTTP",
+        default: "false",
+        meaning: "allow an account key or SAS over plain http to a host that is not loopback (e.g. Azurite in a cluster)",
+    },
+    VariableDoc {
         name: "AZURE_STORAGE_AUTH",
         default: "automatic",
         meaning: "force key, sas, workload-identity or managed-identity (automatic: a key or SAS if given, else workload identity if AZURE_FEDERATED_TOKEN_FILE is set, else managed identity)",
@@ -251,12 +271,22 @@ pub const VARIABLES: &[VariableDoc] = &[
     VariableDoc {
         name: "K_CE_OVERRIDES",
         default: "-",
-        meaning: "JSON {\"extensions\":{...}} added to every event",
+        meaning: "JSON {\"extensions\":{\"name\":\"value\"}} set on every event (string values; not context attributes or the sidecar's own extensions)",
+    },
+    VariableDoc {
+        name: "CE_PASSTHROUGH",
+        default: "true",
+        meaning: "forward messages that are CloudEvents as those events (their id, source and type are the producer's); false wraps every message",
+    },
+    VariableDoc {
+        name: "EVENTGRID_SCHEMA",
+        default: "map",
+        meaning: "map: Event Grid schema events become the CloudEvent Event Grid would deliver; wrap: they are wrapped as JSON data",
     },
     VariableDoc {
         name: "DECODE_BASE64",
         default: "false",
-        meaning: "decode message text from base64 first",
+        meaning: "decode message text from base64 first (needed for Event Grid subscriptions, Azure Functions)",
     },
     VariableDoc {
         name: "BATCH_SIZE",
@@ -589,6 +619,14 @@ fn storage_config(env: &Env, queue_name: String) -> Result<StorageConfig, Config
         .map(|raw| parse_service_url(&raw))
         .transpose()?;
 
+    // Where the service URL comes from, for the plain-http rule below.
+    let endpoint_variable = match (&endpoint_override, &connection_string) {
+        (Some(_), _) => "AZURE_STORAGE_QUEUE_ENDPOINT",
+        (None, Some(_)) => CS,
+        (None, None) => "AZURE_STORAGE_ACCOUNT",
+    };
+    let allow_http = env.flag(ALLOW_HTTP, false)?;
+
     let no_secret = connection_string.is_none() && key.is_none() && sas.is_none();
     let identity_wanted = match mode {
         Some(mode) => mode.is_identity(),
@@ -726,12 +764,45 @@ fn storage_config(env: &Env, queue_name: String) -> Result<StorageConfig, Config
         (service_url, credential)
     };
 
+    let sends_secret = matches!(
+        credential,
+        Credential::SharedKey { .. } | Credential::Sas(_)
+    );
+    if sends_secret && service_url.scheme() == "http" && !allow_http && !is_loopback(&service_url) {
+        return Err(ConfigError::new(
+            endpoint_variable,
+            format!(
+                "expected an https URL: a SAS token or account-key signatures are sent over plain http only to loopback (Azurite on 127.0.0.1/localhost); set {ALLOW_HTTP}=true to send them unencrypted to {}",
+                service_url.host_str().unwrap_or_default()
+            ),
+        ));
+    }
+
     let queue_url = queue_url(&service_url, &queue_name);
     Ok(StorageConfig {
         queue_url,
         queue_name,
         credential,
     })
+}
+
+/// The variable that lets a key or SAS travel over plain http to a remote host.
+const ALLOW_HTTP: &str = "AZURE_STORAGE_ALLOW_HTTP";
+
+/// Whether the URL's host is this machine: `localhost` (and `*.localhost`, RFC 6761) or a
+/// loopback address. Plain http there never leaves the host (or the pod).
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => {
+            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            domain == "localhost" || domain.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        None => false,
+    }
 }
 
 fn validate_account_name(account: &str) -> Result<(), ConfigError> {
@@ -864,8 +935,8 @@ fn endpoint(env: &Env) -> Result<Url, ConfigError> {
         _ => Err(ConfigError::new(
             variable,
             format!(
-                "expected an http(s) URL such as http://127.0.0.1:8080/events, got {:?}",
-                raw.trim()
+                "expected an http(s) URL such as http://127.0.0.1:8080/events, got {}",
+                crate::telemetry::loggable_url_text(&raw)
             ),
         )),
     }
@@ -887,6 +958,17 @@ fn event_config(env: &Env, storage: &StorageConfig) -> Result<EventConfig, Confi
         None => BTreeMap::new(),
         Some(raw) => parse_overrides(&raw)?,
     };
+    let event_grid = match env.get("EVENTGRID_SCHEMA").as_deref().map(str::trim) {
+        None => EventGridSchema::Map,
+        Some(v) if v.eq_ignore_ascii_case("map") => EventGridSchema::Map,
+        Some(v) if v.eq_ignore_ascii_case("wrap") => EventGridSchema::Wrap,
+        Some(v) => {
+            return Err(ConfigError::new(
+                "EVENTGRID_SCHEMA",
+                format!("expected map or wrap, got {v:?}"),
+            ))
+        }
+    };
     Ok(EventConfig {
         ce_type: env
             .get("CE_TYPE")
@@ -897,12 +979,18 @@ fn event_config(env: &Env, storage: &StorageConfig) -> Result<EventConfig, Confi
         mode,
         overrides,
         decode_base64: env.flag("DECODE_BASE64", false)?,
+        passthrough: env.flag("CE_PASSTHROUGH", true)?,
+        event_grid,
     })
 }
 
 /// Knative's `K_CE_OVERRIDES`: `{"extensions": {"name": "value", ...}}`. Names must be valid
-/// CloudEvents attribute names (lowercase letters and digits) or receivers reject the event.
+/// CloudEvents attribute names (lowercase letters and digits) or receivers reject the event,
+/// and may not be context attributes or the sidecar's own extensions: an override `id` would
+/// give every event the same id (and a second `"id"` member), one named `dequeuecount` would
+/// lie about the delivery. Values must be strings, as in Knative.
 fn parse_overrides(raw: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    use crate::event::{CONTEXT_ATTRIBUTES, EVENT_GRID_EXTENSIONS, QUEUE_EXTENSIONS};
     const VAR: &str = "K_CE_OVERRIDES";
     let expected = || {
         ConfigError::new(
@@ -914,37 +1002,61 @@ fn parse_overrides(raw: &str) -> Result<BTreeMap<String, String>, ConfigError> {
     let Some(object) = value.as_object() else {
         return Err(expected());
     };
+    if let Some(unknown) = object.keys().find(|key| *key != "extensions") {
+        return Err(ConfigError::new(
+            VAR,
+            format!(
+                "unknown member {:?}; expected JSON like {{\"extensions\":{{\"name\":\"value\"}}}}",
+                shorten(unknown)
+            ),
+        ));
+    }
     let mut overrides = BTreeMap::new();
     let Some(extensions) = object.get("extensions") else {
         return Ok(overrides);
     };
     let extensions = extensions.as_object().ok_or_else(expected)?;
     for (name, value) in extensions {
-        let valid_name = !name.is_empty()
-            && name.len() <= 20
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if !valid_name {
+        if CONTEXT_ATTRIBUTES.contains(&name.as_str()) {
             return Err(ConfigError::new(
                 VAR,
-                format!("extension name {name:?} must be 1-20 lowercase letters or digits"),
+                format!("{name:?} is a CloudEvents context attribute, not an extension; it cannot be overridden"),
             ));
         }
-        let value = match value {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Number(n) => n.to_string(),
-            serde_json::Value::Bool(b) => b.to_string(),
-            _ => {
-                return Err(ConfigError::new(
-                    VAR,
-                    format!("extension {name:?} must have a string value"),
-                ))
-            }
+        if QUEUE_EXTENSIONS.contains(&name.as_str())
+            || EVENT_GRID_EXTENSIONS.contains(&name.as_str())
+        {
+            return Err(ConfigError::new(
+                VAR,
+                format!("{name:?} is an extension the sidecar sets itself; choose another name"),
+            ));
+        }
+        if !crate::event::is_attribute_name(name) || name.len() > 20 {
+            return Err(ConfigError::new(
+                VAR,
+                format!(
+                    "extension name {:?} must be 1-20 lowercase letters or digits",
+                    shorten(name)
+                ),
+            ));
+        }
+        let serde_json::Value::String(value) = value else {
+            return Err(ConfigError::new(
+                VAR,
+                format!("extension {name:?} must have a string value, e.g. \"2\" rather than 2"),
+            ));
         };
-        overrides.insert(name.clone(), value);
+        overrides.insert(name.clone(), value.clone());
     }
     Ok(overrides)
+}
+
+/// At most 40 characters of `text`, for error messages about values a user typed.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 fn log_config(env: &Env) -> Result<LogConfig, ConfigError> {
@@ -1388,7 +1500,7 @@ mod tests {
         let cfg = config(&base(&[
             (
                 "K_CE_OVERRIDES",
-                r#"{"extensions":{"team":"payments","tier":2}}"#,
+                r#"{"extensions":{"team":"payments","tier":"2"}}"#,
             ),
             ("CE_MODE", "structured"),
             ("DECODE_BASE64", "true"),
@@ -1406,6 +1518,140 @@ mod tests {
         assert_eq!(cfg.event.mode, ContentMode::Structured);
         assert!(cfg.event.decode_base64);
         assert_eq!(cfg.event.source, "/orders");
+    }
+
+    #[test]
+    fn overrides_may_not_name_context_attributes_or_our_extensions_and_must_be_strings() {
+        for raw in [
+            r#"{"extensions":{"id":"x"}}"#,
+            r#"{"extensions":{"specversion":"1.0"}}"#,
+            r#"{"extensions":{"time":"2024-01-01T00:00:00Z"}}"#,
+            r#"{"extensions":{"data":"x"}}"#,
+            r#"{"extensions":{"data_base64":"x"}}"#,
+            r#"{"extensions":{"dequeuecount":"1"}}"#,
+            r#"{"extensions":{"queuemessageid":"x"}}"#,
+            r#"{"extensions":{"expirytime":"x"}}"#,
+            r#"{"extensions":{"dataversion":"1"}}"#,
+            r#"{"extensions":{"tier":2}}"#,
+            r#"{"extensions":{"tier":true}}"#,
+            r#"{"extensions":{"tier":null}}"#,
+            r#"{"extensions":{"tier":{"a":"b"}}}"#,
+            r#"{"extension":{"tier":"2"}}"#,
+            r#"{"extensions":{"averyveryverylongname1":"x"}}"#,
+            r#"["extensions"]"#,
+        ] {
+            let err = config(&base(&[("K_CE_OVERRIDES", raw)])).expect_err(raw);
+            assert_eq!(err.variable, "K_CE_OVERRIDES", "{raw}");
+            assert!(!err.to_string().contains('\n'));
+        }
+        let cfg = config(&base(&[("K_CE_OVERRIDES", r#"{"extensions":{}}"#)])).expect("valid");
+        assert!(cfg.event.overrides.is_empty());
+    }
+
+    #[test]
+    fn passthrough_and_event_grid_schema_are_read() {
+        let cfg = config(&base(&[])).expect("valid");
+        assert!(cfg.event.passthrough);
+        assert_eq!(cfg.event.event_grid, EventGridSchema::Map);
+        let cfg = config(&base(&[
+            ("CE_PASSTHROUGH", "false"),
+            ("EVENTGRID_SCHEMA", "WRAP"),
+        ]))
+        .expect("valid");
+        assert!(!cfg.event.passthrough);
+        assert_eq!(cfg.event.event_grid, EventGridSchema::Wrap);
+        assert_eq!(
+            error_variable(&base(&[("CE_PASSTHROUGH", "2")])),
+            "CE_PASSTHROUGH"
+        );
+        assert_eq!(
+            error_variable(&base(&[("EVENTGRID_SCHEMA", "cloudevents")])),
+            "EVENTGRID_SCHEMA"
+        );
+    }
+
+    #[test]
+    fn a_key_or_sas_over_plain_http_goes_only_to_loopback_unless_allowed() {
+        let sas = |endpoint: &'static str| {
+            vec![
+                ("QUEUE_NAME", "orders"),
+                ("ENDPOINT_URL", "http://app:8080/"),
+                (
+                    "AZURE_STORAGE_SAS_TOKEN",
+                    "sv=2022-11-02&sp=rp&sig=SECRETSIG",
+                ),
+                ("AZURE_STORAGE_QUEUE_ENDPOINT", endpoint),
+            ]
+        };
+        for remote in [
+            "http://storage.example.net/devstoreaccount1",
+            "http://10.0.0.7:10001/devstoreaccount1",
+            "http://azurite:10001/devstoreaccount1",
+            "http://[2001:db8::1]:10001/devstoreaccount1",
+        ] {
+            let err = config(&sas(remote)).expect_err(remote);
+            assert_eq!(err.variable, "AZURE_STORAGE_QUEUE_ENDPOINT", "{remote}");
+            assert!(
+                err.to_string().contains("AZURE_STORAGE_ALLOW_HTTP"),
+                "{err}"
+            );
+            assert!(!err.to_string().contains("SECRETSIG"));
+            let mut allowed = sas(remote);
+            allowed.push(("AZURE_STORAGE_ALLOW_HTTP", "true"));
+            assert!(config(&allowed).is_ok(), "{remote} with ALLOW_HTTP");
+        }
+        for local in [
+            "http://127.0.0.1:10001/devstoreaccount1",
+            "http://127.8.9.10:10001/devstoreaccount1",
+            "http://localhost:10001/devstoreaccount1",
+            "http://LOCALHOST./devstoreaccount1",
+            "http://azurite.localhost:10001/devstoreaccount1",
+            "http://[::1]:10001/devstoreaccount1",
+            "https://storage.example.net/devstoreaccount1",
+        ] {
+            assert!(config(&sas(local)).is_ok(), "{local}");
+        }
+        let remote_key = base(&[(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "DefaultEndpointsProtocol=http;AccountName=acct;AccountKey=c2VjcmV0",
+        )]);
+        assert_eq!(
+            error_variable(&remote_key),
+            "AZURE_STORAGE_CONNECTION_STRING"
+        );
+        let remote_endpoint = base(&[(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "AccountName=devstoreaccount1;AccountKey=c2VjcmV0;QueueEndpoint=http://azurite:10001/devstoreaccount1",
+        )]);
+        assert_eq!(
+            error_variable(&remote_endpoint),
+            "AZURE_STORAGE_CONNECTION_STRING"
+        );
+        assert!(
+            config(&base(&[])).is_ok(),
+            "UseDevelopmentStorage=true stays allowed"
+        );
+        assert_eq!(
+            error_variable(&base(&[("AZURE_STORAGE_ALLOW_HTTP", "perhaps")])),
+            "AZURE_STORAGE_ALLOW_HTTP"
+        );
+    }
+
+    #[test]
+    fn endpoint_errors_never_echo_credentials_or_queries() {
+        for raw in [
+            "ftp://user:hunter2@app/api?code=SECRET",
+            "http://user:hunter2@bad host/?code=SECRET",
+            "user:hunter2@app:80/?code=SECRET",
+        ] {
+            let err = config(&base(&[("ENDPOINT_URL", raw)])).expect_err(raw);
+            let text = err.to_string();
+            assert_eq!(err.variable, "ENDPOINT_URL");
+            assert!(
+                !text.contains("hunter2") && !text.contains("SECRET"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

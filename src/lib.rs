@@ -12,7 +12,8 @@
 //! - [`queue`]: the queue operations we use (receive, delete, update, send, properties), with
 //!   failures classified into what the loop can act on, and the one retry layer of every queue
 //!   call (explicit time budgets; the SDK's own retries are off).
-//! - [`event`]: queue message → CloudEvent → HTTP headers and body (binary or structured).
+//! - [`event`]: queue message → CloudEvent → HTTP headers and body (binary or structured):
+//!   JSON kept verbatim, CloudEvents passed through as written, Event Grid events mapped.
 //! - [`delivery`]: one POST and the meaning of its answer.
 //! - [`retry`]: the rules after an attempt — delete, retry later (and when), or poison.
 //! - [`worker`]: one message's life — POST with lease renewal, then delete, retry or poison,

@@ -133,6 +133,8 @@ fn log_start(config: &Config) {
         ce_type = %config.event.ce_type,
         ce_source = %config.event.source,
         decode_base64 = config.event.decode_base64,
+        ce_passthrough = config.event.passthrough,
+        eventgrid_schema = ?config.event.event_grid,
         batch_size = config.batch_size,
         max_in_flight = config.max_in_flight,
         visibility_timeout = %format_duration(config.visibility_timeout),

@@ -33,7 +33,7 @@
 //! abandoned and its message released (made visible at once) for another replica.
 
 use crate::delivery::{Deliverer, Failure, Outcome};
-use crate::event::{encode, EventMapper};
+use crate::event::EventMapper;
 use crate::poison::{envelope, PoisonError, PoisonQueue};
 use crate::queue::{
     Budget, Deleted, Leased, Operation, Queue, QueueError, QueueErrorKind, ReceivedMessage,
@@ -41,9 +41,9 @@ use crate::queue::{
 use crate::retry::{Decision, PoisonReason, RetryPolicy};
 use crate::shutdown::{self, Shutdown};
 use crate::telemetry::events::{
-    Degraded, DeliveryAttempted, InFlightChanged, InternalEvent, LeaseLost, LeaseRenewed,
-    MessageDeleted, MessagePoisoned, MessageReleased, MessageUnmappable, PoisonBlocked,
-    PoisonedNotDeleted, QueueCallFailed, RetryScheduled,
+    Degraded, DeliveryAttempted, EventNoticed, InFlightChanged, InternalEvent, LeaseLost,
+    LeaseRenewed, MessageDeleted, MessagePoisoned, MessageReleased, MessageUnmappable,
+    PoisonBlocked, PoisonedNotDeleted, QueueCallFailed, RetryScheduled,
 };
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -265,12 +265,17 @@ impl Worker {
         let _in_flight = InFlightGuard::new();
         let lease = Lease::new(&message.pop_receipt, leased_until);
 
-        let payload = match self
-            .mapper
-            .to_event(&message)
-            .and_then(|event| encode(event, self.mapper.mode()))
-        {
-            Ok(payload) => payload,
+        let payload = match self.mapper.to_event(&message) {
+            Ok(event) => {
+                if let Some(notice) = event.notice() {
+                    EventNoticed {
+                        message_id: &message.id,
+                        notice,
+                    }
+                    .emit();
+                }
+                event.encode(self.mapper.mode())
+            }
             Err(error) => {
                 let reason = error.to_string();
                 MessageUnmappable {

@@ -155,11 +155,60 @@ def secret_refs(sidecar):
     return [s["secretRef"]["name"] for s in sidecar.get("envFrom", []) if "secretRef" in s]
 
 
+def port_numbers(rule, container_ports):
+    """The port numbers a NetworkPolicy ingress rule admits (names resolved); None = all."""
+    if not rule.get("ports"):
+        return None
+    numbers = set()
+    for entry in rule["ports"]:
+        port = entry.get("port")
+        numbers.add(container_ports.get(port, port))
+    return numbers
+
+
+def check_network_policy(docs, deployment, sidecar):
+    """The admin port is admitted only from selected sources; the app's ports stay open."""
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"].get("labels", {})
+    policies = [
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy"
+        and d["spec"].get("podSelector", {}).get("matchLabels", {}).items() <= labels.items()
+    ]
+    check(len(policies) == 1, "one NetworkPolicy selects the pod")
+    if len(policies) != 1:
+        return
+    spec = policies[0]["spec"]
+    check(policies[0]["apiVersion"] == "networking.k8s.io/v1", "NetworkPolicy apiVersion networking.k8s.io/v1")
+    check("Ingress" in spec.get("policyTypes", []), "the NetworkPolicy restricts ingress")
+    containers = pod["spec"].get("containers", []) + pod["spec"].get("initContainers", [])
+    names = {p["name"]: p["containerPort"] for c in containers for p in c.get("ports", []) if "name" in p}
+    rules = spec.get("ingress", [])
+    open_rules = [port_numbers(r, names) for r in rules if not r.get("from")]
+    check(
+        all(ports is not None and ADMIN_PORT not in ports for ports in open_rules),
+        f"no rule admits the admin port {ADMIN_PORT} from everywhere",
+    )
+    admin_rules = [r for r in rules if (port_numbers(r, names) or set()) >= {ADMIN_PORT}]
+    check(
+        len(admin_rules) >= 1 and all(r.get("from") for r in admin_rules),
+        f"the admin port {ADMIN_PORT} is admitted from selected sources (Prometheus)",
+    )
+    app_ports = {p["containerPort"] for c in pod["spec"].get("containers", []) for p in c.get("ports", [])}
+    admitted = set().union(*[ports for ports in open_rules if ports is not None]) if open_rules else set()
+    check(app_ports <= admitted, f"the app's ports {sorted(app_ports)} stay open")
+    listed = set().union(*[port_numbers(r, names) or set() for r in rules]) if rules else set()
+    all_ports = set(names.values()) | {p["containerPort"] for c in containers for p in c.get("ports", [])}
+    check(listed <= all_ports, f"every port the NetworkPolicy lists is a container port ({sorted(listed)})")
+
+
 def check_overlay(overlay, docs):
     result = check_sidecar(docs)
     if not result:
         return
     deployment, sidecar, settings = result
+    check_network_policy(docs, deployment, sidecar)
     pod_meta = deployment["spec"]["template"]["metadata"]
     pod = deployment["spec"]["template"]["spec"]
 
@@ -228,6 +277,8 @@ def check_overlay(overlay, docs):
         connection = secret_value(secret, "AZURE_STORAGE_CONNECTION_STRING") or ""
         check(f"QueueEndpoint=http://azurite:{port}/devstoreaccount1" in connection,
               "the connection string points at the azurite Service")
+        check(settings.get("AZURE_STORAGE_ALLOW_HTTP") == "true",
+              "AZURE_STORAGE_ALLOW_HTTP=true: the key goes over plain http to another pod")
         check(azurite["spec"]["template"]["metadata"]["labels"].items() >= service["spec"]["selector"].items(),
               "the azurite Service selects the azurite pods")
         for container in azurite["spec"]["template"]["spec"]["containers"]:

@@ -565,7 +565,7 @@ async fn no_secret_appears_in_logs_help_check_probes_or_metrics() {
     assert_eq!(
         started["endpoint"],
         format!(
-            "http://user:REDACTED@127.0.0.1:{}/events?code=REDACTED",
+            "http://REDACTED:REDACTED@127.0.0.1:{}/events?code=REDACTED",
             endpoint.port()
         )
     );
@@ -644,4 +644,69 @@ async fn the_admin_server_can_be_turned_off_and_a_taken_port_stops_the_start() {
         text.contains(&format!("ADMIN_ADDR {taken_addr}: cannot listen")),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_sent_connections_cannot_starve_the_probes() {
+    use tokio::io::AsyncWriteExt;
+    let azurite = Azurite::start().await;
+    azurite.create_queue("starve").await;
+    let endpoint = Endpoint::ok().await;
+    let sidecar = Sidecar::spawn(&Sidecar::env(&azurite, "starve", &endpoint.url));
+    let addr = sidecar.admin().to_string();
+    assert_eq!(
+        wait_for_status(&addr, "/healthz", 200, WAIT)
+            .await
+            .map(|a| a.0),
+        Some(200),
+        "{}",
+        sidecar.output.text()
+    );
+
+    // A neighbour opens 96 connections and keeps them: half send nothing, half stop in the
+    // middle of a request's headers.
+    let mut hogs = Vec::new();
+    for i in 0..96 {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        if i % 2 == 1 {
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: neighbour\r\nX-Slow: ")
+                .await
+                .expect("half a request");
+        }
+        hogs.push(stream);
+    }
+    // The kubelet's probes still get their answer, at once and again and again.
+    for attempt in 0..5 {
+        let started = std::time::Instant::now();
+        let answer = admin_get(&addr, "/healthz").await;
+        assert_eq!(
+            answer.as_ref().map(|a| a.0),
+            Some(200),
+            "probe {attempt} with 96 idle connections open: {answer:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "probe {attempt} took {:?}",
+            started.elapsed()
+        );
+    }
+    // And none of the neighbour's connections is kept for long: each is closed, to make room
+    // or for being idle (10 s), whether it sent nothing or half a request.
+    use tokio::io::AsyncReadExt;
+    for (i, mut hog) in hogs.into_iter().enumerate() {
+        let mut buf = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match hog.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue, // e.g. a 408 for the half-sent request
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "connection {i} is still open after 30 s");
+    }
 }

@@ -477,6 +477,41 @@ fn configuration_errors_exit_2_with_one_line_naming_the_variable() {
         ("VISIBILITY_TIMEOUT", vec![("VISIBILITY_TIMEOUT", "thirty")]),
         ("HTTP_TIMEOUT", vec![("HTTP_TIMEOUT", "10")]),
         ("CE_MODE", vec![("CE_MODE", "batch")]),
+        // Overrides may not name context attributes or the sidecar's own extensions, and
+        // their values must be strings.
+        (
+            "K_CE_OVERRIDES",
+            vec![("K_CE_OVERRIDES", r#"{"extensions":{"id":"x"}}"#)],
+        ),
+        (
+            "K_CE_OVERRIDES",
+            vec![("K_CE_OVERRIDES", r#"{"extensions":{"dequeuecount":"1"}}"#)],
+        ),
+        (
+            "K_CE_OVERRIDES",
+            vec![("K_CE_OVERRIDES", r#"{"extensions":{"tier":2}}"#)],
+        ),
+        ("CE_PASSTHROUGH", vec![("CE_PASSTHROUGH", "sometimes")]),
+        ("EVENTGRID_SCHEMA", vec![("EVENTGRID_SCHEMA", "guess")]),
+        // A key or SAS over plain http to a host that is not loopback.
+        (
+            "AZURE_STORAGE_QUEUE_ENDPOINT",
+            vec![
+                ("AZURE_STORAGE_CONNECTION_STRING", ""),
+                ("AZURE_STORAGE_SAS_TOKEN", "sv=2022-11-02&sp=rp&sig=SECRETSIG"),
+                (
+                    "AZURE_STORAGE_QUEUE_ENDPOINT",
+                    "http://storage.example.net/devstoreaccount1",
+                ),
+            ],
+        ),
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            vec![(
+                "AZURE_STORAGE_CONNECTION_STRING",
+                "DefaultEndpointsProtocol=http;AccountName=acct;AccountKey=c2VjcmV0;EndpointSuffix=core.windows.net",
+            )],
+        ),
     ];
     for (variable, overrides) in cases {
         let mut env: Vec<(&str, &str)> = base.to_vec();
@@ -490,7 +525,89 @@ fn configuration_errors_exit_2_with_one_line_naming_the_variable() {
         assert!(stderr.contains(variable), "{stderr} names {variable}");
         assert!(stdout.is_empty());
         assert!(!stderr.contains(&secret_key));
+        assert!(!stderr.contains("SECRETSIG"));
     }
+}
+
+#[test]
+fn configuration_errors_never_echo_url_credentials_or_queries() {
+    let base = [
+        ("QUEUE_NAME", "orders"),
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "UseDevelopmentStorage=true",
+        ),
+    ];
+    for (variable, url) in [
+        (
+            "ENDPOINT_URL",
+            "ftp://user:hunter2@app.example/api?code=SECRETCODE",
+        ),
+        (
+            "ENDPOINT_URL",
+            "http://user:hunter2@bad host/api?code=SECRETCODE",
+        ),
+        ("K_SINK", "gopher://hunter2@broker/?code=SECRETCODE"),
+        (
+            "AZURE_STORAGE_QUEUE_ENDPOINT",
+            "http://user:hunter2@bad host/?sig=SECRETCODE",
+        ),
+    ] {
+        let mut env = base.to_vec();
+        env.push((variable, url));
+        if variable != "ENDPOINT_URL" {
+            env.push(("ENDPOINT_URL", "http://127.0.0.1:9/"));
+        }
+        if variable == "K_SINK" {
+            env.retain(|(k, _)| *k != "ENDPOINT_URL");
+        }
+        let (code, _, stderr) = run_to_exit(&[], &env);
+        assert_eq!(code, 2, "{variable}: {stderr}");
+        assert!(stderr.contains(variable), "{stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+        assert!(!stderr.contains("SECRETCODE"), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_to_a_remote_host_is_allowed_only_when_asked_for() {
+    // Nothing listens there: the point is that the configuration is accepted and the
+    // sidecar runs (and keeps retrying) instead of exiting 2.
+    let endpoint = Endpoint::ok().await;
+    let env = vec![
+        ("QUEUE_NAME".to_string(), "orders".to_string()),
+        ("ENDPOINT_URL".into(), endpoint.url.clone()),
+        ("AZURE_STORAGE_ACCOUNT".into(), ACCOUNT.into()),
+        ("AZURE_STORAGE_KEY".into(), KEY.into()),
+        (
+            "AZURE_STORAGE_QUEUE_ENDPOINT".into(),
+            "http://storage.invalid:10001/devstoreaccount1".into(),
+        ),
+    ];
+    let mut refused = Sidecar::spawn(&env);
+    assert_eq!(
+        refused.wait_exit(WAIT).await,
+        Some(2),
+        "{}",
+        refused.output.text()
+    );
+    assert!(
+        wait_until(WAIT, || refused
+            .output
+            .text()
+            .contains("AZURE_STORAGE_ALLOW_HTTP"))
+        .await,
+        "{}",
+        refused.output.text()
+    );
+    let mut sidecar = Sidecar::spawn(&with(env, &[("AZURE_STORAGE_ALLOW_HTTP", "true")]));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sidecar.wait_exit(Duration::ZERO).await,
+        None,
+        "{}",
+        sidecar.output.text()
+    );
 }
 
 #[test]

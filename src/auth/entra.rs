@@ -259,8 +259,8 @@ fn parse_authority_host(raw: &str) -> Result<Url, ConfigError> {
         _ => Err(config_error(
             "AZURE_AUTHORITY_HOST",
             format!(
-                "expected an https URL such as https://login.microsoftonline.com/, got {:?}",
-                raw.trim()
+                "expected an https URL such as https://login.microsoftonline.com/, got {}",
+                crate::telemetry::loggable_url_text(raw)
             ),
         )),
     }
@@ -287,8 +287,8 @@ fn managed_identity(
                     return Err(config_error(
                         "IDENTITY_ENDPOINT",
                         format!(
-                            "expected the managed identity endpoint URL, e.g. http://localhost:8081/msi/token, got {:?}",
-                            raw.trim()
+                            "expected the managed identity endpoint URL, e.g. http://localhost:8081/msi/token, got {}",
+                            crate::telemetry::loggable_url_text(&raw)
                         ),
                     ))
                 }

@@ -798,3 +798,129 @@ mod tests {
             .is_err());
     }
 }
+
+/// Properties of the canonical forms, for any headers and URLs (proptest, 256 cases each).
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[xX]-[mM][sS]-[a-zA-Z0-9-]{1,10}",
+            "(content-type|Content-MD5|range|if-match|accept|user-agent)",
+        ]
+    }
+
+    fn header_value() -> impl Strategy<Value = String> {
+        "[ \t]{0,2}[!-~]{0,12}([ \t]{1,3}[!-~]{1,8})?[ \t]{0,2}"
+    }
+
+    proptest! {
+        #[test]
+        fn canonical_headers_are_the_x_ms_ones_lowercased_sorted_and_trimmed(
+            headers in prop::collection::vec((header_name(), header_value()), 0..10),
+        ) {
+            let pairs: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let canonical = canonicalized_headers(pairs.iter().copied());
+            let lines: Vec<&str> = canonical.lines().collect();
+            let names: Vec<&str> = lines
+                .iter()
+                .map(|line| line.split_once(':').map_or(*line, |(n, _)| n))
+                .collect();
+            let mut sorted = names.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            prop_assert_eq!(&names, &sorted, "sorted, each name once");
+            let expected: std::collections::BTreeSet<String> = headers
+                .iter()
+                .map(|(n, _)| n.to_ascii_lowercase())
+                .filter(|n| n.starts_with("x-ms-"))
+                .collect();
+            let got: std::collections::BTreeSet<String> =
+                names.iter().map(|n| n.to_string()).collect();
+            prop_assert_eq!(got, expected);
+            // Each line: the name's values in order of appearance, trimmed, comma-joined.
+            for line in &lines {
+                let (name, value) = line.split_once(':').unwrap_or((line, ""));
+                let values: Vec<&str> = headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim())
+                    .collect();
+                prop_assert_eq!(value, values.join(","));
+            }
+            prop_assert!(canonical.is_empty() || canonical.ends_with('\n'));
+        }
+
+        #[test]
+        fn canonical_headers_do_not_depend_on_the_order_of_distinct_names(
+            headers in prop::collection::btree_map("x-ms-[a-z]{1,8}", header_value(), 0..8),
+            seed in any::<u64>(),
+        ) {
+            let forward: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let mut shuffled = forward.clone();
+            let len = shuffled.len().max(1);
+            shuffled.rotate_left((seed as usize) % len);
+            shuffled.reverse();
+            prop_assert_eq!(
+                canonicalized_headers(forward.iter().copied()),
+                canonicalized_headers(shuffled.iter().copied())
+            );
+        }
+
+        #[test]
+        fn canonical_resources_sort_and_decode_any_query(
+            path in "(/[a-zA-Z0-9%._~-]{0,10}){0,4}",
+            params in prop::collection::vec(("[a-zA-Z%0-9]{1,6}", "[a-zA-Z0-9%+=,._~-]{0,8}"), 0..6),
+        ) {
+            let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let mut url = Url::parse("https://acct.queue.core.windows.net/").expect("url");
+            url.set_path(&path);
+            if !query.is_empty() {
+                url.set_query(Some(&query.join("&")));
+            }
+            let resource = canonicalized_resource("acct", &url);
+            let mut lines = resource.split('\n');
+            let first = format!("/acct{}", url.path());
+            prop_assert_eq!(lines.next(), Some(first.as_str()));
+            let names: Vec<String> = lines
+                .map(|line| line.split_once(':').map_or(line, |(n, _)| n).to_string())
+                .collect();
+            let mut sorted = names.clone();
+            sorted.sort();
+            sorted.dedup();
+            prop_assert_eq!(&names, &sorted, "sorted, each name once");
+            prop_assert!(names.iter().all(|n| *n == n.to_lowercase()));
+            // The order of the parameters in the URL does not matter.
+            let mut reversed = url.clone();
+            if !query.is_empty() {
+                let mut back = query.clone();
+                back.reverse();
+                reversed.set_query(Some(&back.join("&")));
+            }
+            prop_assert_eq!(canonicalized_resource("acct", &reversed), resource);
+        }
+
+        #[test]
+        fn any_request_gets_a_string_to_sign_without_panic(
+            path in "[ -~]{0,30}",
+            query in "[ -~]{0,30}",
+            headers in prop::collection::vec((header_name(), header_value()), 0..6),
+            length in any::<u64>(),
+        ) {
+            let mut url = Url::parse("http://127.0.0.1:10001/devstoreaccount1").expect("url");
+            url.set_path(&path);
+            url.set_query(Some(&query));
+            let mut map = Headers::new();
+            for (name, value) in &headers {
+                map.insert(name.to_ascii_lowercase(), value.clone());
+            }
+            let text = string_to_sign("devstoreaccount1", Method::Put, &url, &map, length);
+            prop_assert!(text.starts_with("PUT\n"));
+            prop_assert_eq!(text.matches('\n').count() >= 12, true);
+        }
+    }
+}

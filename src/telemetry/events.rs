@@ -764,3 +764,35 @@ impl InternalEvent for TokenEndpointAttemptFailed<'_> {
         );
     }
 }
+
+/// Something about a message worth a warning, though it is delivered: it looked like a
+/// CloudEvent or an Event Grid event but was not a valid one (so it went out wrapped as data),
+/// or it is base64 of an event while `DECODE_BASE64` is off.
+pub struct EventNoticed<'a> {
+    pub message_id: &'a str,
+    pub notice: &'a crate::event::Notice,
+}
+
+impl InternalEvent for EventNoticed<'_> {
+    fn emit(self) {
+        use crate::event::Notice;
+        match self.notice {
+            Notice::InvalidEvent { looks_like, reason } => {
+                warn!(
+                    message_id = self.message_id,
+                    kind = "invalid_event",
+                    looks_like = *looks_like,
+                    error = reason.as_str(),
+                    "message looks like a {looks_like} but is not a valid one: delivered wrapped as data"
+                );
+                metrics().invalid_events_wrapped.inc();
+            }
+            Notice::Base64Event { looks_like } => warn!(
+                message_id = self.message_id,
+                kind = "base64_event",
+                looks_like = *looks_like,
+                "message text is a base64-encoded {looks_like}, delivered as text; Event Grid base64-encodes what it writes into a queue: set DECODE_BASE64=true (said once)"
+            ),
+        }
+    }
+}

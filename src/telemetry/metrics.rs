@@ -44,6 +44,8 @@ pub struct Metrics {
     pub token_endpoint_errors: Family<Labels, Counter>,
     /// Poison copies written whose message could not be deleted from the main queue.
     pub poisoned_not_deleted: Counter,
+    /// Messages that looked like a CloudEvent or an Event Grid event but were not valid ones.
+    pub invalid_events_wrapped: Counter,
 }
 
 /// Queue call latency buckets: 1 ms .. ~65 s.
@@ -74,6 +76,7 @@ impl Metrics {
             token_requests: Family::default(),
             token_endpoint_errors: Family::default(),
             poisoned_not_deleted: Counter::default(),
+            invalid_events_wrapped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -143,6 +146,7 @@ impl Metrics {
         );
         metrics.register_operability(&mut registry);
         metrics.register_identity(&mut registry);
+        metrics.register_events(&mut registry);
         Self {
             registry,
             ..metrics
@@ -178,6 +182,14 @@ impl Metrics {
             "token_endpoint_errors",
             "Failed token endpoint calls (each retry counts) by identity and status",
             self.token_endpoint_errors.clone(),
+        );
+    }
+
+    fn register_events(&self, registry: &mut Registry) {
+        registry.register(
+            "invalid_events_wrapped",
+            "Messages that looked like a CloudEvent or an Event Grid event but were not valid ones, delivered wrapped as data",
+            self.invalid_events_wrapped.clone(),
         );
     }
 

@@ -916,3 +916,60 @@ pub fn check_line<'a>(stdout: &'a str, name: &str) -> &'a str {
         })
         .unwrap_or_else(|| panic!("no {name} line in:\n{stdout}"))
 }
+
+/// The members of a JSON object in document order, each with its value's raw JSON text exactly
+/// as written, duplicates included (a `serde_json::Value` would keep only the last of a
+/// duplicated key, and would turn big numbers into floats).
+pub fn json_members(bytes: &[u8]) -> Vec<(String, String)> {
+    struct Members(Vec<(String, String)>);
+    impl<'de> serde::Deserialize<'de> for Members {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Members;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Members, A::Error> {
+                    let mut members = Vec::new();
+                    while let Some((key, value)) =
+                        map.next_entry::<String, Box<serde_json::value::RawValue>>()?
+                    {
+                        members.push((key, value.get().to_string()));
+                    }
+                    Ok(Members(members))
+                }
+            }
+            deserializer.deserialize_map(Visit)
+        }
+    }
+    serde_json::from_slice::<Members>(bytes)
+        .unwrap_or_else(|e| {
+            panic!(
+                "not a JSON object ({e}): {}",
+                String::from_utf8_lossy(bytes)
+            )
+        })
+        .0
+}
+
+/// The raw JSON text of member `name` of a JSON object (see [`json_members`]); panics if the
+/// member is missing or appears more than once.
+pub fn json_member(bytes: &[u8], name: &str) -> String {
+    let found: Vec<String> = json_members(bytes)
+        .into_iter()
+        .filter(|(key, _)| key == name)
+        .map(|(_, raw)| raw)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "member {name:?} appears {} times in {}",
+        found.len(),
+        String::from_utf8_lossy(bytes)
+    );
+    found.into_iter().next().unwrap_or_default()
+}
