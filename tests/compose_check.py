@@ -566,6 +566,29 @@ class Sink(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def delivery_problems(messages, received):
+    """Each message arrived exactly once, its bytes unchanged (binary mode); an already-CloudEvent
+    message arrived as that event. The list of what did not hold."""
+    problems = []
+    if len(received) != len(messages):
+        problems.append(f"{len(received)} events for {len(messages)} messages")
+    for text in messages:
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict) and parsed.get("specversion") == "1.0":
+            hits = [h for h, _ in received if h.get("ce-id") == parsed["id"]]
+            what = f"the CloudEvent {parsed['id']} arrived as itself"
+        else:
+            hits = [b for _, b in received if b == text.encode()]
+            what = f"{text!r} arrived byte for byte"
+        print(("  ok   " if len(hits) == 1 else "  FAIL ") + what)
+        if len(hits) != 1:
+            problems.append(what)
+    return problems
+
+
 def run(path, binary):
     path = Path(path)
     project_dir = path.parent.resolve()
@@ -631,23 +654,7 @@ def run(path, binary):
         if sidecar[0].poll() is not None:
             raise SystemExit(f"run: the sidecar exited {sidecar[0].returncode}:\n{output(sidecar)}")
         time.sleep(1)  # a duplicate would show up now
-        problems = []
-        if len(Sink.received) != len(messages):
-            problems.append(f"{len(Sink.received)} events for {len(messages)} messages")
-        for text in messages:
-            try:
-                parsed = json.loads(text)
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, dict) and parsed.get("specversion") == "1.0":
-                hits = [h for h, _ in Sink.received if h.get("ce-id") == parsed["id"]]
-                what = f"the CloudEvent {parsed['id']} arrived as itself"
-            else:
-                hits = [b for _, b in Sink.received if b == text.encode()]
-                what = f"{text!r} arrived byte for byte"
-            print(("  ok   " if len(hits) == 1 else "  FAIL ") + what)
-            if len(hits) != 1:
-                problems.append(what)
+        problems = delivery_problems(messages, Sink.received)
 
         health = services[SIDECAR]["healthcheck"]["test"][1:]
         binary_in_image = dockerfile_entrypoint(REPO / "Dockerfile")[0]
