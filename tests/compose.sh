@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deploy/compose/compose.yaml, proven on a machine without a Docker engine:
 #   1. yamllint on deploy/compose/;
-#   2. the Compose Specification's JSON schema (vendored: tests/schemas/) and the checks a
+#   2. the Compose Specification's JSON schema (from the pinned check-jsonschema package) and the checks a
 #      schema cannot make (tests/compose_check.py check): the sidecar's variables exist, its
 #      healthcheck execs the binary, the queue creator and the sidecar agree on the queue,
 #      Azurite runs with the tests' flags, the services are wired to each other;

