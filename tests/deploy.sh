@@ -5,17 +5,19 @@
 # sources and renders with yamllint, and runs tests/deploy_check.py for what schemas cannot
 # see: native sidecar, security settings, probes, resources, grace period, and the wiring of
 # each overlay, including the KEDA objects (CRDs, for which no schema is available here).
-# Needs kubectl (with kustomize), and kubernetes-validate, yamllint, PyYAML from tests/setup.sh.
+# Needs kubectl (with kustomize); installs kubernetes-validate, yamllint, PyYAML (tests/setup.sh deploy).
+# deploy/compose/ is linted here with the rest of deploy/ and checked by tests/compose.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '[deploy] %s\n' "$*" >&2; }
 fail() { printf '[deploy] FAIL: %s\n' "$*" >&2; exit 1; }
 
+bash tests/setup.sh deploy
 for tool in kubectl kubernetes-validate yamllint python3; do
-  command -v "$tool" >/dev/null 2>&1 || fail "$tool not found: run tests/setup.sh"
+  command -v "$tool" >/dev/null 2>&1 || fail "$tool not found: run tests/setup.sh deploy"
 done
-python3 -c 'import yaml' 2>/dev/null || fail "python3 cannot import yaml (PyYAML): run tests/setup.sh"
+python3 -c 'import yaml' 2>/dev/null || fail "python3 cannot import yaml (PyYAML): run tests/setup.sh deploy"
 
 overlays=(connection-string workload-identity keda azurite)
 found=$(find deploy/overlays -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort | tr '\n' ' ')

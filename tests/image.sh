@@ -12,7 +12,7 @@
 #      and deleted, with nothing from the host;
 #   5. builds the aarch64 binary (cargo zigbuild), runs it under qemu-aarch64-static, and
 #      builds the linux/arm64 image the same way.
-# Needs root (chroot, buildah's chroot isolation) and the tools tests/setup.sh installs.
+# Needs root (chroot, buildah's chroot isolation); installs its tools (tests/setup.sh image).
 # Rebuilds only what changed: cargo caches under target/, the image work dir is target/image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +26,9 @@ fail() { printf '[image] FAIL: %s\n' "$*" >&2; exit 1; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.2f MiB", b / 1048576 }'; }
 
 [ "$(id -u)" -eq 0 ] || fail "needs root (chroot and buildah's chroot isolation)"
+bash tests/setup.sh image
 for tool in hadolint buildah umoci cargo-zigbuild qemu-aarch64-static file python3 chroot; do
-  command -v "$tool" >/dev/null 2>&1 || fail "$tool not found: run tests/setup.sh"
+  command -v "$tool" >/dev/null 2>&1 || fail "$tool not found: run tests/setup.sh image"
 done
 
 # --- 1. hadolint ----------------------------------------------------------------------------

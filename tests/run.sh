@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: installs what is missing (tests/setup.sh), then
-# formatting, lints, unit and integration tests against a real Azurite, and the image and
-# deployment checks. Exits non-zero on the first failure.
+# The whole test suite, from a fresh machine: installs everything that is missing (tests/setup.sh
+# with no part named: all of them), then formatting, lints, unit and integration tests against a
+# real Azurite, and the image, Kubernetes manifest and compose file checks. Exits non-zero on
+# the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,10 +28,8 @@ fi
 step "cargo test"
 cargo test --locked --all-targets
 
-for extra in tests/image.sh tests/deploy.sh; do
-  if [ -f "$extra" ]; then
-    step "$extra"
-    bash "$extra"
-  fi
+for extra in tests/image.sh tests/deploy.sh tests/compose.sh; do
+  step "$extra"
+  bash "$extra"
 done
 step "all tests passed"
