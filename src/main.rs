@@ -82,6 +82,7 @@ fn run() -> ExitCode {
                     received = summary.received,
                     delivered = summary.delivered,
                     delivered_not_deleted = summary.delivered_not_deleted,
+                    redeliveries_avoided = summary.redeliveries_avoided,
                     retries_scheduled = summary.retries_scheduled,
                     poisoned = summary.poisoned,
                     poisoned_not_deleted = summary.poisoned_not_deleted,

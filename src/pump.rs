@@ -98,6 +98,9 @@ pub struct Summary {
     pub received: u64,
     pub delivered: u64,
     pub delivered_not_deleted: u64,
+    /// Messages that came back after this process delivered them and were deleted, not
+    /// delivered again.
+    pub redeliveries_avoided: u64,
     pub retries_scheduled: u64,
     pub poisoned: u64,
     pub poisoned_not_deleted: u64,
@@ -110,6 +113,7 @@ impl Summary {
         let counter = match disposition {
             Disposition::Delivered => &mut self.delivered,
             Disposition::DeliveredNotDeleted => &mut self.delivered_not_deleted,
+            Disposition::RedeliveryAvoided => &mut self.redeliveries_avoided,
             Disposition::RetryScheduled => &mut self.retries_scheduled,
             Disposition::Poisoned => &mut self.poisoned,
             Disposition::PoisonedNotDeleted => &mut self.poisoned_not_deleted,

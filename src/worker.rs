@@ -29,6 +29,15 @@
 //!   Said once; retries then wait for the lease to expire, and poisonable messages stay in the
 //!   main queue. Delivery goes on.
 //!
+//! ## Delivered, but not deleted
+//!
+//! When the delete after a 2xx fails for good (the lease was lost, often to that unknowable
+//! receipt, or the queue refused deletes for longer than [`DELETE_PATIENCE`]), the message
+//! comes back. The worker remembers such message ids ([`Acknowledged`]) for
+//! [`ACKNOWLEDGED_RETENTION`]: if the message comes back to this process, it is deleted with
+//! its new receipt instead of being POSTed again. Only another replica (or this one after a
+//! restart) can deliver it twice.
+//!
 //! On a hard stop (the shutdown timeout passed, or a second signal), a POST in progress is
 //! abandoned and its message released (made visible at once) for another replica.
 
@@ -43,8 +52,9 @@ use crate::shutdown::{self, Shutdown};
 use crate::telemetry::events::{
     Degraded, DeliveryAttempted, EventNoticed, InFlightChanged, InternalEvent, LeaseLost,
     LeaseRenewed, MessageDeleted, MessagePoisoned, MessageReleased, MessageUnmappable,
-    PoisonBlocked, PoisonedNotDeleted, QueueCallFailed, RetryScheduled,
+    PoisonBlocked, PoisonedNotDeleted, QueueCallFailed, RedeliveryAvoided, RetryScheduled,
 };
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,6 +70,12 @@ const LEASE_MARGIN: Duration = Duration::from_millis(500);
 pub const DELETE_PATIENCE: Duration = Duration::from_secs(120);
 /// How long releasing a message (at shutdown) may take, retries included.
 const RELEASE_WINDOW: Duration = Duration::from_secs(3);
+/// How long a delivered message whose delete failed is remembered (see [`Acknowledged`]). It
+/// comes back when its lease ends, at most a visibility timeout later, but is only received
+/// again when a consumer gets to it, which behind a backlog can take a while.
+const ACKNOWLEDGED_RETENTION: Duration = Duration::from_secs(3600);
+/// At most this many are remembered (about 100 bytes each); the oldest go first.
+const ACKNOWLEDGED_CAPACITY: usize = 4096;
 /// Between renewals that failed after the lease ran out (the receipt may still be valid: it
 /// is until another consumer receives the message).
 const LATE_RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
@@ -71,6 +87,9 @@ pub enum Disposition {
     Delivered,
     /// Delivered, but not deleted (lease lost or delete failed): it will come again.
     DeliveredNotDeleted,
+    /// Came back after this process delivered it but could not delete it: deleted now, not
+    /// POSTed again.
+    RedeliveryAvoided,
     /// Not delivered; hidden until its next attempt.
     RetryScheduled,
     /// Moved to the poison queue and deleted.
@@ -140,6 +159,50 @@ struct Degradations {
     update_denied: AtomicBool,
     poison_denied: AtomicBool,
     poison_missing: AtomicBool,
+}
+
+/// Ids of messages this process delivered (2xx) but could not delete, so that a message that
+/// comes back is deleted rather than delivered again. Bounded in time and size: it is a way
+/// to avoid duplicates, not a guarantee (the guarantee is at-least-once).
+#[derive(Debug, Default)]
+struct Acknowledged {
+    delivered_at: Mutex<HashMap<String, Instant>>,
+}
+
+impl Acknowledged {
+    fn remember(&self, id: &str) {
+        let Ok(mut ids) = self.delivered_at.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if ids.len() >= ACKNOWLEDGED_CAPACITY {
+            ids.retain(|_, at| now.duration_since(*at) < ACKNOWLEDGED_RETENTION);
+        }
+        if ids.len() >= ACKNOWLEDGED_CAPACITY {
+            let oldest = ids
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                ids.remove(&oldest);
+            }
+        }
+        ids.insert(id.to_string(), now);
+    }
+
+    /// Whether `id` was delivered by this process (within the retention).
+    fn contains(&self, id: &str) -> bool {
+        self.delivered_at.lock().is_ok_and(|ids| {
+            ids.get(id)
+                .is_some_and(|at| at.elapsed() < ACKNOWLEDGED_RETENTION)
+        })
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut ids) = self.delivered_at.lock() {
+            ids.remove(id);
+        }
+    }
 }
 
 /// The lease on a message: its newest pop receipt (replaced by every Update) and when the
@@ -221,6 +284,7 @@ pub struct Worker {
     visibility_timeout: Duration,
     gate: Arc<EndpointGate>,
     degraded: Arc<Degradations>,
+    acknowledged: Arc<Acknowledged>,
 }
 
 impl Worker {
@@ -241,6 +305,7 @@ impl Worker {
             visibility_timeout,
             gate: Arc::default(),
             degraded: Arc::default(),
+            acknowledged: Arc::default(),
         }
     }
 
@@ -264,6 +329,9 @@ impl Worker {
     ) -> Disposition {
         let _in_flight = InFlightGuard::new();
         let lease = Lease::new(&message.pop_receipt, leased_until);
+        if self.acknowledged.contains(&message.id) {
+            return self.delete_acknowledged(&message, &lease).await;
+        }
 
         let payload = match self.mapper.to_event(&message) {
             Ok(event) => {
@@ -341,12 +409,31 @@ impl Worker {
         match decision {
             Decision::Delete => match self.delete(message, lease).await {
                 true => Disposition::Delivered,
-                false => Disposition::DeliveredNotDeleted,
+                false => {
+                    self.acknowledged.remember(&message.id);
+                    Disposition::DeliveredNotDeleted
+                }
             },
             Decision::Retry { delay, failure } => {
                 self.schedule_retry(message, lease, delay, &failure).await
             }
             Decision::Poison(reason) => self.poison(message, lease, &reason).await,
+        }
+    }
+
+    /// A message this process delivered came back (its delete had failed): delete it now.
+    async fn delete_acknowledged(&self, message: &ReceivedMessage, lease: &Lease) -> Disposition {
+        RedeliveryAvoided {
+            message_id: &message.id,
+            dequeue_count: message.dequeue_count,
+        }
+        .emit();
+        match self.delete(message, lease).await {
+            true => {
+                self.acknowledged.forget(&message.id);
+                Disposition::RedeliveryAvoided
+            }
+            false => Disposition::DeliveredNotDeleted,
         }
     }
 
@@ -694,6 +781,22 @@ impl Drop for InFlightGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acknowledged_ids_are_remembered_until_forgotten_and_bounded() {
+        let acknowledged = Acknowledged::default();
+        assert!(!acknowledged.contains("a"));
+        acknowledged.remember("a");
+        assert!(acknowledged.contains("a"));
+        acknowledged.forget("a");
+        assert!(!acknowledged.contains("a"));
+        for n in 0..ACKNOWLEDGED_CAPACITY + 10 {
+            acknowledged.remember(&n.to_string());
+        }
+        let held = acknowledged.delivered_at.lock().expect("lock").len();
+        assert_eq!(held, ACKNOWLEDGED_CAPACITY);
+        assert!(acknowledged.contains(&(ACKNOWLEDGED_CAPACITY + 9).to_string()));
+    }
 
     #[test]
     fn the_gate_closes_after_consecutive_connection_failures_only() {

@@ -1032,3 +1032,52 @@ async fn messages_a_last_receive_brings_in_after_sigterm_are_delivered_not_relea
     assert_eq!(summary["released"], 0);
     wait_count(&queue, 0, WAIT).await;
 }
+
+/// A renewal whose answer is lost after Azurite applied it leaves a pop receipt nobody knows:
+/// the delete after the 2xx fails and the message comes back when that lease ends. Azure
+/// cannot help with that, but the sidecar that delivered it remembers: when the message comes
+/// back to it, it is deleted with the new receipt instead of being POSTed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_message_that_comes_back_after_a_lost_renewal_answer_is_not_posted_again() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("receipt-lost").await;
+    let cut = once_flag();
+    let proxy = QueueProxy::start(azurite.port, move |r| match r.op() {
+        QueueOp::Update if !cut.swap(true, Ordering::SeqCst) => Action::CutAfter,
+        _ => Action::Forward,
+    })
+    .await;
+    // The renewal goes out at 2 s (half the 4 s lease); its answer is cut; the POST ends at 3 s.
+    let endpoint = Endpoint::start(|_, _| Reply::status(200).after(Duration::from_secs(3))).await;
+    let id = queue
+        .send("deliver me once", None, None)
+        .await
+        .expect("send");
+    let mut sidecar = Sidecar::spawn(&with(
+        through_proxy(&azurite, &proxy, "receipt-lost", &endpoint.url),
+        &[
+            ("VISIBILITY_TIMEOUT", "4s"),
+            ("HTTP_TIMEOUT", "20s"),
+            ("POLL_MAX_INTERVAL", "1s"),
+        ],
+    ));
+    wait_count(&queue, 0, Duration::from_secs(40)).await;
+    let summary = stop(&mut sidecar).await;
+    let got = endpoint.received();
+    assert_eq!(got.len(), 1, "POSTed once: {}", sidecar.output.text());
+    assert_eq!(got[0].event_id(), id);
+    assert!(
+        proxy.requests().iter().any(|r| r.action == "cut_after"),
+        "the renewal's answer was cut"
+    );
+    assert_eq!(
+        sidecar
+            .output
+            .count_matching("came back after it was delivered"),
+        1,
+        "{}",
+        sidecar.output.text()
+    );
+    assert_eq!(summary["delivered_not_deleted"], 1);
+    assert_eq!(summary["redeliveries_avoided"], 1);
+}

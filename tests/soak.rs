@@ -917,6 +917,13 @@ async fn soak_compound_faults() {
         })
         .collect();
     let by_action = |action: &str| proxied.iter().filter(|r| r.action == action).count();
+    // Deliveries whose delete failed, caught when the message came back to the same sidecar.
+    let avoided = evidence
+        .logs
+        .values()
+        .flatten()
+        .filter(|l| l.is("message came back after it was delivered"))
+        .count();
     let marked_count = produced.iter().filter(|p| p.marked).count();
     let mut report = String::new();
     let _ = writeln!(
@@ -964,6 +971,10 @@ async fn soak_compound_faults() {
     for why in &duplicates {
         let _ = writeln!(report, "    - {why}");
     }
+    let _ = writeln!(
+        report,
+        "  redeliveries avoided (came back to the sidecar that delivered them, deleted without a second POST): {avoided}"
+    );
     let _ = writeln!(report, "  extra poison copies: {}", extra_copies.len());
     for why in &extra_copies {
         let _ = writeln!(report, "    - {why}");
@@ -1003,6 +1014,7 @@ async fn soak_compound_faults() {
         "proxy_cut_after": by_action("cut_after"),
         "lost": lost.len(),
         "duplicates": duplicates.len(),
+        "redeliveries_avoided": avoided,
         "unexplained": unexplained.len(),
         "extra_poison_copies": extra_copies.len(),
         "latency_ms": {

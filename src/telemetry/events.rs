@@ -187,6 +187,24 @@ impl InternalEvent for MessageDeleted<'_> {
     }
 }
 
+/// A message this process had delivered came back (its delete had failed) and is deleted
+/// instead of being delivered again.
+pub struct RedeliveryAvoided<'a> {
+    pub message_id: &'a str,
+    pub dequeue_count: u32,
+}
+
+impl InternalEvent for RedeliveryAvoided<'_> {
+    fn emit(self) {
+        info!(
+            message_id = self.message_id,
+            dequeue_count = self.dequeue_count,
+            "message came back after it was delivered: deleting it, not delivering it again"
+        );
+        metrics().redeliveries_avoided.inc();
+    }
+}
+
 /// The message's lease was lost: another consumer owns it, or it is gone.
 pub struct LeaseLost<'a> {
     pub message_id: &'a str,

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub messages_received: Counter,
     pub deliveries: Family<Labels, Counter>,
     pub messages_deleted: Counter,
+    /// Delivered messages that came back (their delete had failed) and were deleted without
+    /// a second delivery.
+    pub redeliveries_avoided: Counter,
     pub queue_errors: Family<Labels, Counter>,
     pub leases_lost: Family<Labels, Counter>,
     pub retries: Family<Labels, Counter>,
@@ -60,6 +63,7 @@ impl Metrics {
             messages_received: Counter::default(),
             deliveries: Family::default(),
             messages_deleted: Counter::default(),
+            redeliveries_avoided: Counter::default(),
             queue_errors: Family::default(),
             leases_lost: Family::default(),
             retries: Family::default(),
@@ -93,6 +97,11 @@ impl Metrics {
             "messages_deleted",
             "Messages deleted from the queue after delivery",
             metrics.messages_deleted.clone(),
+        );
+        registry.register(
+            "redeliveries_avoided",
+            "Messages that came back after this process delivered them (their delete had failed) and were deleted instead of delivered again",
+            metrics.redeliveries_avoided.clone(),
         );
         registry.register(
             "queue_errors",
