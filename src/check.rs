@@ -15,13 +15,13 @@
 //! unanswerable; they are printed as `skip` so the output always has the same shape.
 //!
 //! Nothing secret is printed: queue errors are redacted at the source, and URLs go through
-//! [`loggable_url`].
+//! [`redact::url`].
 
 use crate::config::Config;
 use crate::delivery::{Deliverer, Failure};
 use crate::queue::{Queue, QueueError, QueueErrorKind};
+use crate::redact;
 use crate::runtime::{self, USER_AGENT};
-use crate::telemetry::loggable_url;
 use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -97,9 +97,9 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
         "configuration",
         format!(
             "queue {}, auth {}, endpoint {}",
-            loggable_url(&config.storage.queue_url),
+            redact::url(&config.storage.queue_url),
             config.storage.credential.kind(),
-            loggable_url(&config.endpoint)
+            redact::url(&config.endpoint)
         ),
     )];
     let (queue, poison, endpoint) = tokio::join!(
@@ -315,7 +315,7 @@ fn queue_report(queue: &Queue, auth: &str, result: Result<u64, Option<QueueError
 
 /// The queue service's URL: the queue URL without the queue name.
 fn service_url(queue: &Queue) -> String {
-    let url = loggable_url(queue.url());
+    let url = redact::url(queue.url());
     match url.strip_suffix(queue.name()) {
         Some(service) => service.trim_end_matches('/').to_string(),
         None => url,
@@ -331,7 +331,7 @@ fn is_permission_error(error: &QueueError) -> bool {
 }
 
 async fn check_endpoint(config: &Config) -> Check {
-    let url = loggable_url(&config.endpoint);
+    let url = redact::url(&config.endpoint);
     let deliverer = match Deliverer::new(config.endpoint.clone(), config.http_timeout, USER_AGENT) {
         Ok(deliverer) => deliverer,
         Err(error) => {

@@ -936,7 +936,7 @@ fn endpoint(env: &Env) -> Result<Url, ConfigError> {
             variable,
             format!(
                 "expected an http(s) URL such as http://127.0.0.1:8080/events, got {}",
-                crate::telemetry::loggable_url_text(&raw)
+                crate::redact::url_text(&raw)
             ),
         )),
     }

@@ -18,6 +18,7 @@
 //! - [`Failure::Unsendable`]: the request could not even be built (e.g. a header value the
 //!   HTTP stack refuses). Retrying cannot help: undeliverable.
 
+use crate::error_text;
 use crate::event::HttpPayload;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -229,30 +230,20 @@ async fn drain(mut response: reqwest::Response) {
 /// first: a connect timeout is a connection that was never made, not an attempt.
 fn transport_failure(error: &reqwest::Error) -> Outcome {
     let failure = if error.is_connect() {
-        Failure::Connection(root_cause(error))
+        Failure::Connection(error_text::root_cause(error))
     } else if error.is_builder() {
         return Outcome::Permanent {
-            failure: Failure::Unsendable(root_cause(error)),
+            failure: Failure::Unsendable(error_text::root_cause(error)),
         };
     } else if error.is_timeout() {
         Failure::Timeout
     } else {
-        Failure::Dropped(root_cause(error))
+        Failure::Dropped(error_text::root_cause(error))
     };
     Outcome::Retryable {
         failure,
         retry_after: None,
     }
-}
-
-/// The innermost error message ("Connection refused (os error 111)"), which says more than
-/// reqwest's outer "error sending request for url (...)", and carries no URL.
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause: &(dyn std::error::Error + 'static) = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
 }
 
 #[cfg(test)]

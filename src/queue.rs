@@ -18,12 +18,13 @@
 //! service. The error says so ([`QueueError::outcome_unknown`]), and a retried Delete that then
 //! finds the message gone reports [`Deleted::ByEarlierTry`] instead of a lost lease.
 //!
-//! Error text is passed through [`redact`] because transport errors quote request URLs, and
+//! Error text is passed through [`redact::secrets`] because transport errors quote request URLs, and
 //! SAS tokens travel in URLs. Every try's latency is reported for the queue-call histogram.
 
-use crate::auth::secret::{error_chain, redact};
 use crate::auth::Credential;
 use crate::backoff::Backoff;
+use crate::error_text;
+use crate::redact;
 use crate::telemetry::events::{InternalEvent, QueueCallCompleted, QueueCallRetried};
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::HeaderName;
@@ -325,8 +326,10 @@ impl QueueError {
             (Some(status), None) => format!("HTTP {status}"),
             // The credential's own (already scrubbed, one-line) message, without the retry
             // policy's "non-transport error occurred which will not be retried" wrapping.
-            _ if kind == QueueErrorKind::TokenUnavailable => redact(&root_cause(&error)),
-            _ => redact(&error_chain(&error)),
+            _ if kind == QueueErrorKind::TokenUnavailable => {
+                redact::secrets(&error_text::root_cause(&error))
+            }
+            _ => redact::secrets(&error_text::chain(&error)),
         };
         if let Some(reason) = crate::auth::refusal::authentication_detail(&error) {
             detail = format!("{detail}: {reason}");
@@ -398,15 +401,6 @@ where
         tokio::time::sleep(delay).await;
         attempt += 1;
     }
-}
-
-/// The innermost error's message.
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
 }
 
 fn classify(status: Option<u16>, code: Option<&str>, kind: &ErrorKind) -> QueueErrorKind {

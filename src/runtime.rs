@@ -14,11 +14,11 @@ use crate::poison::PoisonQueue;
 use crate::pump::{Pump, PumpSettings, Summary};
 use crate::queue::{self, Queue, QueueConnector, QueueError};
 use crate::queue_length;
+use crate::redact;
 use crate::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
 use crate::telemetry::events::{InternalEvent, ShutdownStarted};
 use crate::telemetry::health::{health, stall_limit};
-use crate::telemetry::loggable_url;
 use crate::worker::Worker;
 use tracing::info;
 
@@ -128,7 +128,7 @@ fn log_start(config: &Config) {
         version = env!("CARGO_PKG_VERSION"),
         queue = %config.storage.queue_url,
         auth = config.storage.credential.kind(),
-        endpoint = %loggable_url(&config.endpoint),
+        endpoint = %redact::url(&config.endpoint),
         ce_mode = ?config.event.mode,
         ce_type = %config.event.ce_type,
         ce_source = %config.event.source,

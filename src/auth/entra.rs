@@ -24,10 +24,11 @@
 //!   exactly and lets the tests prove it without waiting ten minutes.
 //!
 //! Nothing here logs a token, an assertion or the managed identity header: event text passes
-//! through [`scrub`], which also removes anything shaped like a JWT.
+//! through [`redact::secrets`], which also removes anything shaped like a JWT.
 
-use super::secret::redact;
 use crate::config::ConfigError;
+use crate::error_text;
+use crate::redact;
 use crate::telemetry::events::{
     InternalEvent, TokenAcquired, TokenEndpointAttemptFailed, TokenRequestFailed,
 };
@@ -260,7 +261,7 @@ fn parse_authority_host(raw: &str) -> Result<Url, ConfigError> {
             "AZURE_AUTHORITY_HOST",
             format!(
                 "expected an https URL such as https://login.microsoftonline.com/, got {}",
-                crate::telemetry::loggable_url_text(raw)
+                redact::url_text(raw)
             ),
         )),
     }
@@ -288,7 +289,7 @@ fn managed_identity(
                         "IDENTITY_ENDPOINT",
                         format!(
                             "expected the managed identity endpoint URL, e.g. http://localhost:8081/msi/token, got {}",
-                            crate::telemetry::loggable_url_text(&raw)
+                            redact::url_text(&raw)
                         ),
                     ))
                 }
@@ -502,7 +503,7 @@ impl Policy for TokenEndpointWatch {
         let failure = match &result {
             Ok(response) if response.status().is_success() => None,
             Ok(response) => Some((Some(u16::from(response.status())), String::new())),
-            Err(error) => Some((None, scrub(&error_text(error)))),
+            Err(error) => Some((None, redact::secrets(&error_text::one_line(error)))),
         };
         if let Some((status, error)) = failure {
             TokenEndpointAttemptFailed {
@@ -556,7 +557,7 @@ impl TokenCredential for ObservedCredential {
                 Ok(token)
             }
             Err(error) => {
-                let message = scrub(&error_text(&error));
+                let message = redact::secrets(&error_text::one_line(&error));
                 let was_failing = self.health.failing.swap(true, Ordering::Relaxed);
                 self.health.failures.fetch_add(1, Ordering::Relaxed);
                 TokenRequestFailed {
@@ -572,46 +573,6 @@ impl TokenCredential for ObservedCredential {
             }
         }
     }
-}
-
-/// An error and its sources as one line (azure_identity's messages span several lines).
-fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
-    super::secret::error_chain(error)
-        .split(['\n', '\r'])
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// [`redact`] plus what identity flows could leak: a JWT (access tokens and Kubernetes service
-/// account tokens both start with `eyJ`, the base64url of `{"`), and a `client_assertion=` form
-/// value.
-pub fn scrub(text: &str) -> String {
-    let text = redact(text);
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text.as_str();
-    loop {
-        let jwt = rest.find("eyJ");
-        let form = rest.find("client_assertion=");
-        let (start, skip) = match (jwt, form) {
-            (Some(j), Some(f)) if f < j => (f, "client_assertion=".len()),
-            (Some(j), _) => (j, 0),
-            (None, Some(f)) => (f, "client_assertion=".len()),
-            (None, None) => break,
-        };
-        out.push_str(&rest[..start + skip]);
-        let value = &rest[start + skip..];
-        let end = value
-            .find(|c: char| {
-                !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '%' | '='))
-            })
-            .unwrap_or(value.len());
-        out.push_str("REDACTED");
-        rest = &value[end..];
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]
@@ -833,19 +794,6 @@ mod tests {
             .contains("cannot read the federated token file"));
     }
 
-    #[test]
-    fn scrub_removes_jwts_and_assertions() {
-        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJ4In0.c2lnbmF0dXJl";
-        let text = format!("failed: token {jwt} and body client_assertion=abc.def&client_id=x");
-        let clean = scrub(&text);
-        assert!(!clean.contains("eyJhbGci"), "{clean}");
-        assert!(!clean.contains("abc.def"), "{clean}");
-        assert!(clean.contains("client_id=x"), "{clean}");
-        assert!(clean.contains("token REDACTED and"), "{clean}");
-        assert_eq!(scrub("no secrets here"), "no secrets here");
-        assert!(!scrub("https://a/?sig=SECRET").contains("SECRET"));
-    }
-
     /// The whole selection, through the configuration as the binary reads it.
     mod selection {
         use crate::auth::Credential;
@@ -1014,17 +962,5 @@ mod tests {
             );
             let _ = std::fs::remove_file(file);
         }
-    }
-
-    #[test]
-    fn error_text_is_one_line() {
-        let error = azure_core::Error::with_message(
-            ErrorKind::Credential,
-            "ManagedIdentityCredential authentication failed. boom\nTo troubleshoot, visit https://aka.ms/x",
-        );
-        assert_eq!(
-            error_text(&error),
-            "ManagedIdentityCredential authentication failed. boom To troubleshoot, visit https://aka.ms/x"
-        );
     }
 }

@@ -8,14 +8,12 @@
 //!
 //! - [`shared_key`]: the Shared Key signature (HMAC-SHA256 over the canonicalized request).
 //! - [`connection_string`]: parsing `AccountName=...;AccountKey=...` strings.
-//! - [`secret`]: redaction of secrets from any text that may be logged.
 //! - [`entra`]: Microsoft Entra ID tokens from a workload identity or a managed identity.
 //! - [`refusal`]: the service's own reason when it refuses a credential.
 
 pub mod connection_string;
 pub mod entra;
 pub mod refusal;
-pub mod secret;
 pub mod shared_key;
 
 use async_trait::async_trait;
@@ -199,8 +197,8 @@ pub(crate) async fn send_next(
 
 /// The same error with any secret removed from its message.
 fn scrub_error(error: azure_core::Error) -> azure_core::Error {
-    let text = secret::error_chain(&error);
-    let clean = secret::redact(&text);
+    let text = crate::error_text::chain(&error);
+    let clean = crate::redact::secrets(&text);
     if clean == text {
         return error;
     }

@@ -5,9 +5,9 @@
 //! Azurite's "Invalid token audience.") is in the `<AuthenticationErrorDetail>` element of the
 //! XML body. We pass it on so a refused token or key explains itself in the log line, after
 //! removing what could be sensitive: quoted segments (the service quotes the request's MAC
-//! signature and string-to-sign there) and anything [`scrub`] recognises.
+//! signature and string-to-sign there) and anything [`redact::secrets`] recognises.
 
-use super::entra::scrub;
+use crate::redact;
 use azure_core::error::ErrorKind;
 
 /// Longest detail we keep; the service's sentences are short, anything longer is noise.
@@ -33,7 +33,7 @@ pub fn detail_from_body(body: &[u8]) -> Option<String> {
     let start = text.find(OPEN)? + OPEN.len();
     let end = start + text[start..].find(CLOSE)?;
     let detail = unquote(xml_unescape(text[start..end].trim()).as_str());
-    let detail = scrub(&detail);
+    let detail = redact::secrets(&detail);
     let detail = match detail.char_indices().nth(MAX_DETAIL) {
         Some((cut, _)) => format!("{}...", &detail[..cut]),
         None => detail,

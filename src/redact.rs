@@ -1,17 +1,27 @@
-//! Last-line redaction of secrets in text that may reach a log.
+//! Redaction: text and URLs made fit for logs, errors and `check` output. A leaf: it names no
+//! other module, so every layer may use it.
 //!
 //! Secrets are kept in [`azure_core::credentials::Secret`] wherever we control them, but some
 //! text is produced by code we do not control: `reqwest` and `azure_core` errors quote the
 //! request URL, and a SAS-authorized URL carries its signature in the `sig` query parameter; a
-//! mistyped environment variable may echo a whole connection string. [`redact`] is the safety
-//! net applied to such text before it is logged or printed. It errs on the side of hiding too
-//! much: a redacted diagnostic is an inconvenience, a leaked key is an incident.
+//! mistyped environment variable may echo a whole connection string; identity flows carry
+//! JWTs. [`secrets`] is the one safety net applied to such text before it is logged or
+//! printed. It errs on the side of hiding too much: a redacted diagnostic is an inconvenience,
+//! a leaked key is an incident.
+//!
+//! URLs we hold as values (the endpoint, the queue) are shown with [`url`] instead, which knows
+//! their structure: user info and query values go, the shape stays. [`url_text`] does the same
+//! for a URL as a user typed it, parseable or not.
+
+use url::Url;
 
 /// What replaces a secret value.
 const REDACTED: &str = "REDACTED";
 
 /// Returns `text` with every secret value it can recognise replaced by `REDACTED`:
 ///
+/// - a JWT (access tokens and Kubernetes service account tokens both start with `eyJ`, the
+///   base64url of `{"`) and the value of a `client_assertion=` form field;
 /// - the value of a `sig=` query parameter (also in its percent-encoded form `sig%3D`), up to
 ///   `&`, whitespace, a quote or the end: the SAS signature is the part that grants access;
 /// - the value of an `AccountKey=` or `SharedAccessSignature=` connection-string segment, up to
@@ -21,13 +31,14 @@ const REDACTED: &str = "REDACTED";
 ///
 /// Names are matched case-insensitively, because both Azure query parameter names and
 /// connection-string keys are case-insensitive to the service.
-pub fn redact(text: &str) -> String {
+pub fn secrets(text: &str) -> String {
     // Connection-string segments first: a SharedAccessSignature value contains `sig=`, and
     // hiding the whole token hides more (the permissions and expiry are not secret, but the
     // token as a whole is a credential).
     let text = redact_values(text, "accountkey", &["="], true, is_segment_end);
     let text = redact_values(&text, "sharedaccesssignature", &["="], true, is_segment_end);
-    redact_values(&text, "sig", &["=", "%3d"], false, is_query_value_end)
+    let text = redact_values(&text, "sig", &["=", "%3d"], false, is_query_value_end);
+    redact_tokens(&text)
 }
 
 /// Ends a connection-string value.
@@ -96,25 +107,90 @@ fn redact_values(
     out
 }
 
-/// The error and its sources on one line: reqwest's top-level message alone ("error sending
-/// request") hides the useful part ("connection refused").
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
+/// Replaces JWTs and `client_assertion=` values.
+fn redact_tokens(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let jwt = rest.find("eyJ");
+        let form = rest.find("client_assertion=");
+        let (start, skip) = match (jwt, form) {
+            (Some(j), Some(f)) if f < j => (f, "client_assertion=".len()),
+            (Some(j), _) => (j, 0),
+            (None, Some(f)) => (f, "client_assertion=".len()),
+            (None, None) => break,
+        };
+        out.push_str(&rest[..start + skip]);
+        let value = &rest[start + skip..];
+        let end = value
+            .find(|c: char| {
+                !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '%' | '='))
+            })
+            .unwrap_or(value.len());
+        out.push_str(REDACTED);
+        rest = &value[end..];
     }
-    text
+    out.push_str(rest);
+    out
+}
+
+/// A URL fit for logs and `check` output: the user info and every query value are replaced,
+/// because an endpoint URL may carry basic-auth credentials (a token is often the user name
+/// alone) or a key (Azure Functions' `?code=`). Query names stay, so the shape of the URL can
+/// still be checked.
+pub fn url(url: &Url) -> String {
+    let mut shown = url.clone();
+    // Both only fail for URLs that cannot have credentials, which have none to hide.
+    if !shown.username().is_empty() {
+        let _ = shown.set_username(REDACTED);
+    }
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some(REDACTED));
+    }
+    if shown.query().is_some() {
+        let names: Vec<String> = url
+            .query_pairs()
+            .map(|(name, _)| name.into_owned())
+            .collect();
+        let mut query = shown.query_pairs_mut();
+        query.clear();
+        for name in &names {
+            query.append_pair(name, REDACTED);
+        }
+    }
+    shown.to_string()
+}
+
+/// A URL as a user typed it, fit for a configuration error: [`url`] if it parses;
+/// otherwise the text with anything that could be user info (before an `@`) or a query or
+/// fragment (from `?` or `#`) replaced, so a mistyped URL never echoes its secrets.
+pub fn url_text(raw: &str) -> String {
+    let raw = raw.trim();
+    if let Ok(url) = Url::parse(raw) {
+        if url.has_host() {
+            return format!("{:?}", self::url(&url));
+        }
+    }
+    let (before_query, query) = match raw.find(['?', '#']) {
+        Some(at) => (&raw[..at], "?REDACTED"),
+        None => (raw, ""),
+    };
+    let (scheme, rest) = match before_query.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), before_query),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => format!("REDACTED@{}", &rest[at + 1..]),
+        None => rest.to_string(),
+    };
+    format!("{:?}", format!("{scheme}{rest}{query}"))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{secrets as redact, url as loggable_url, url_text as loggable_url_text};
+    use url::Url;
 
     #[test]
     fn hides_the_sas_signature_in_a_url() {
@@ -222,5 +298,56 @@ mod tests {
     fn text_without_secrets_is_unchanged() {
         let text = "GET https://acct.queue.core.windows.net/q/messages?numofmessages=32&visibilitytimeout=30 failed: 503";
         assert_eq!(redact(text), text);
+    }
+
+    #[test]
+    fn jwts_and_assertions_are_removed() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJ4In0.c2lnbmF0dXJl";
+        let text = format!("failed: token {jwt} and body client_assertion=abc.def&client_id=x");
+        let clean = redact(&text);
+        assert!(!clean.contains("eyJhbGci"), "{clean}");
+        assert!(!clean.contains("abc.def"), "{clean}");
+        assert!(clean.contains("client_id=x"), "{clean}");
+        assert!(clean.contains("token REDACTED and"), "{clean}");
+        assert_eq!(redact("no secrets here"), "no secrets here");
+        assert!(!redact("https://a/?sig=SECRET").contains("SECRET"));
+    }
+
+    #[test]
+    fn urls_lose_passwords_and_query_values() {
+        let url =
+            Url::parse("https://user:hunter2@app.example/api/events?code=SECRET&x=1").expect("url");
+        let shown = loggable_url(&url);
+        assert_eq!(
+            shown,
+            "https://REDACTED:REDACTED@app.example/api/events?code=REDACTED&x=REDACTED"
+        );
+        let token_as_user = Url::parse("https://TOKEN@app.example/").expect("url");
+        assert_eq!(
+            loggable_url(&token_as_user),
+            "https://REDACTED@app.example/"
+        );
+        let plain = Url::parse("http://127.0.0.1:8080/events").expect("url");
+        assert_eq!(loggable_url(&plain), "http://127.0.0.1:8080/events");
+    }
+
+    #[test]
+    fn typed_urls_lose_credentials_and_queries_even_when_they_do_not_parse() {
+        for (raw, shown) in [
+            (
+                "ftp://u:hunter2@h/p?code=S",
+                r#""ftp://REDACTED:REDACTED@h/p?code=REDACTED""#,
+            ),
+            (
+                "http://u:hunter2@bad host/p?code=S",
+                r#""http://REDACTED@bad host/p?REDACTED""#,
+            ),
+            ("u:hunter2@host:80/x", r#""REDACTED@host:80/x""#),
+            ("localhost:8080", r#""localhost:8080""#),
+            ("not a url#frag", r#""not a url?REDACTED""#),
+            ("http://a@b@c/", r#""http://REDACTED@c/""#),
+        ] {
+            assert_eq!(loggable_url_text(raw), shown, "{raw}");
+        }
     }
 }
