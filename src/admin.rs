@@ -333,7 +333,6 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{Operation, QueueErrorKind};
     use http_body_util::BodyExt;
 
     async fn body(response: Response<Full<Bytes>>) -> String {
@@ -359,7 +358,7 @@ mod tests {
         assert_eq!(ready.status(), StatusCode::OK);
         assert_eq!(body(ready).await, "ok: ready\n");
 
-        health.queue_failed(Operation::Receive, QueueErrorKind::Unauthorized);
+        health.queue_failed("receive", "unauthorized");
         let ready = respond(&Method::HEAD, "/readyz", &health, now);
         assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body(ready).await, "queue receive failed: unauthorized\n");

@@ -98,6 +98,29 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// The failure, unless the event was delivered.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Outcome::Delivered { .. } => None,
+            Outcome::Retryable { failure, .. } | Outcome::Permanent { failure } => Some(failure),
+        }
+    }
+
+    /// The `status` of the log line and the `status_class` of the metric: the code and its
+    /// class (`503`, `5xx`), or the failure's label twice when there was no answer.
+    pub fn status_labels(&self) -> (String, String) {
+        let status = match self {
+            Outcome::Delivered { status } => *status,
+            Outcome::Retryable { failure, .. } | Outcome::Permanent { failure } => match failure {
+                Failure::Status(status) => *status,
+                other => return (other.label(), other.label()),
+            },
+        };
+        (status.to_string(), format!("{}xx", status / 100))
+    }
+}
+
 /// Classifies a status code with Knative's rules.
 pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Outcome {
     match status {

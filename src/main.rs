@@ -41,7 +41,10 @@ fn run() -> ExitCode {
             return ExitCode::from(USAGE_ERROR);
         }
     };
-    telemetry::init(&config.log);
+    telemetry::init(
+        config.log.format == azure_queue_sidecar::config::LogFormat::Json,
+        &config.log.filter,
+    );
 
     // One thread: the work is I/O-bound and a sidecar should leave the cores to the app.
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -40,6 +40,17 @@ pub enum PoisonError {
     Queue(QueueError),
 }
 
+impl PoisonError {
+    /// The `poison_blocked_total` label: `missing`, `denied` or `failed`.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            PoisonError::Missing => "missing",
+            PoisonError::Denied => "denied",
+            PoisonError::Queue(_) => "failed",
+        }
+    }
+}
+
 /// The text written to the poison queue for `message`.
 pub fn envelope(
     queue_name: &str,

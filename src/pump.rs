@@ -10,7 +10,8 @@
 //!
 //! An empty queue makes the loop back off (randomized, doubling up to `POLL_MAX_INTERVAL`),
 //! because every Get is billed; a failing queue service makes it back off too, and the failure
-//! is logged once per change of state, not per attempt.
+//! is logged once per change of state, not per attempt (the event asks the queue's state in
+//! the health record whether a failure is news).
 //!
 //! When the endpoint refuses connections several times in a row, the loop stops receiving
 //! (every Get bumps dequeue counts and costs a transaction) and probes the endpoint with
@@ -29,10 +30,10 @@
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::queue::{Batch, Budget, Queue, QueueError, QueueErrorKind, MAX_TRY};
+use crate::queue::{Batch, Budget, Queue, QueueError, MAX_TRY};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::telemetry::events::{
-    DrainFinished, EndpointDown, EndpointUp, InternalEvent, PumpHeartbeat, QueueCallFailed,
+    DrainFinished, EndpointDown, EndpointUp, InternalEvent, PumpHeartbeat, ReceiveFailed,
     ReceiveSucceeded, StopNowRequested,
 };
 use crate::worker::{Disposition, Worker};
@@ -60,6 +61,19 @@ const STOP_NOW_GRACE: Duration = Duration::from_secs(3);
 /// Probe backoff while the endpoint is down.
 const PROBE_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Liveness: how many of the longest legitimate loop iterations may pass without a heartbeat.
+const STALL_ITERATIONS: u32 = 3;
+
+/// How long the receive loop may go without a heartbeat before liveness fails: three times
+/// the longest sleep (`POLL_MAX_INTERVAL`, or the failure backoff if longer) plus the slowest
+/// iteration's call. A receive's tries all start within [`RECEIVE_RETRY_WINDOW`] and each is
+/// bounded by [`MAX_TRY`]: two full tries are allowed, plus a [`HEARTBEAT`] of waiting for
+/// free slots. With the defaults, 155 s.
+pub fn stall_limit(poll_max_interval: Duration) -> Duration {
+    let slowest_call = 2 * MAX_TRY + HEARTBEAT;
+    STALL_ITERATIONS * poll_max_interval.max(FAILURE_BACKOFF_MAX) + slowest_call
+}
 
 /// The loop's tunables, taken from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -124,35 +138,6 @@ impl Summary {
     }
 }
 
-/// Tracks whether the queue is failing, so each change of state is logged once.
-#[derive(Debug, Default)]
-struct QueueHealth {
-    failing: Option<QueueErrorKind>,
-    failures: u64,
-}
-
-impl QueueHealth {
-    fn failed(&mut self, error: &QueueError, retry_in: Duration) {
-        let changed = self.failing != Some(error.kind);
-        self.failing = Some(error.kind);
-        self.failures += 1;
-        QueueCallFailed {
-            error,
-            message_id: None,
-            report: changed,
-            retry_in: Some(retry_in),
-        }
-        .emit();
-    }
-
-    /// A receive succeeded: the next failure is a change of state again. (The recovery line
-    /// itself comes from the health state, whichever call gets through first.)
-    fn succeeded(&mut self) {
-        self.failing = None;
-        self.failures = 0;
-    }
-}
-
 /// The receive loop.
 pub struct Pump {
     queue: Queue,
@@ -177,7 +162,6 @@ impl Pump {
         let mut summary = Summary::default();
         let mut idle = Backoff::new(self.settings.poll_min, self.settings.poll_max);
         let mut failing = Backoff::new(FAILURE_BACKOFF_MIN, FAILURE_BACKOFF_MAX);
-        let mut health = QueueHealth::default();
         let (hard_stop, hard_stop_listener) = shutdown::channel();
 
         'receive: loop {
@@ -217,13 +201,16 @@ impl Pump {
                 Ok(batch) => batch,
                 Err(error) => {
                     let delay = failing.next_delay();
-                    health.failed(&error, delay);
+                    ReceiveFailed {
+                        failure: error.failure(),
+                        retry_in: delay,
+                    }
+                    .emit();
                     drop(permits);
                     sleep_or_shutdown(delay, &mut shutdown).await;
                     continue 'receive;
                 }
             };
-            health.succeeded();
             failing.reset();
             ReceiveSucceeded {
                 count: messages.len(),
@@ -426,6 +413,18 @@ mod tests {
             poll_max: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(20),
         }
+    }
+
+    #[test]
+    fn the_stall_limit_allows_several_slow_iterations() {
+        assert_eq!(
+            stall_limit(Duration::from_secs(10)),
+            Duration::from_secs(155)
+        );
+        assert_eq!(
+            stall_limit(Duration::from_secs(60)),
+            Duration::from_secs(245)
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::auth::Credential;
 use crate::backoff::Backoff;
 use crate::error_text;
 use crate::redact;
-use crate::telemetry::events::{InternalEvent, QueueCallCompleted, QueueCallRetried};
+use crate::telemetry::events::{InternalEvent, QueueCallCompleted, QueueCallRetried, QueueFailure};
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::HeaderName;
 use azure_core::http::{ClientOptions, RetryOptions, Transport};
@@ -281,6 +281,19 @@ pub struct QueueError {
 }
 
 impl QueueError {
+    /// The failure as telemetry reports it: label values and this error's text.
+    pub fn failure(&self) -> QueueFailure<'_> {
+        QueueFailure {
+            operation: self.operation.as_str(),
+            kind: self.kind.as_str(),
+            status: self.status,
+            code: self.code.as_deref(),
+            outcome_unknown: self.outcome_unknown,
+            hint: self.kind.hint(),
+            error: self,
+        }
+    }
+
     /// Whether the call may have taken effect (this try or an earlier one).
     pub fn maybe_applied(&self) -> bool {
         self.outcome_unknown || self.earlier_try_unknown
@@ -393,7 +406,7 @@ where
             return Err(error);
         }
         QueueCallRetried {
-            error: &error,
+            failure: error.failure(),
             attempt,
             retry_in: delay,
         }
@@ -762,7 +775,7 @@ async fn timed<F: Future>(operation: Operation, call: F) -> F::Output {
     let started = Instant::now();
     let output = call.await;
     QueueCallCompleted {
-        operation,
+        operation: operation.as_str(),
         latency: started.elapsed(),
     }
     .emit();

@@ -13,12 +13,9 @@
 //! news — typically a SAS without the `r` permission or a role that may process messages but
 //! not read queue metadata.
 
-use crate::queue::{Queue, QueueErrorKind};
+use crate::queue::Queue;
 use crate::shutdown::Shutdown;
-use crate::telemetry::events::{
-    InternalEvent, QueueLengthFailed, QueueLengthObserved, QueueLengthRecovered,
-};
-use crate::telemetry::health::health;
+use crate::telemetry::events::{InternalEvent, QueueLengthFailed, QueueLengthObserved};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -28,80 +25,21 @@ pub fn spawn(queue: Queue, interval: Duration, shutdown: Shutdown) -> JoinHandle
 }
 
 async fn poll(queue: Queue, interval: Duration, mut shutdown: Shutdown) {
-    let mut reports = Reports::default();
     loop {
         let result = tokio::select! {
             result = queue.approximate_message_count() => result,
             _ = shutdown.wait() => return,
         };
         match result {
-            Ok(count) => {
-                QueueLengthObserved { count }.emit();
-                if reports.succeeded() {
-                    QueueLengthRecovered.emit();
-                }
+            Ok(count) => QueueLengthObserved { count }.emit(),
+            Err(error) => QueueLengthFailed {
+                failure: error.failure(),
             }
-            Err(error) => {
-                let report = reports.failed(error.kind, error.status, health().queue_ready());
-                QueueLengthFailed {
-                    error: &error,
-                    report,
-                }
-                .emit();
-            }
+            .emit(),
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.wait() => return,
         }
-    }
-}
-
-/// Decides which failures are worth a log line: the first of each kind that happens while the
-/// receive path works.
-#[derive(Debug, Default)]
-struct Reports {
-    failing: Option<(QueueErrorKind, Option<u16>)>,
-    reported: bool,
-}
-
-impl Reports {
-    fn failed(&mut self, kind: QueueErrorKind, status: Option<u16>, receive_path_ok: bool) -> bool {
-        let key = Some((kind, status));
-        if self.failing != key {
-            self.failing = key;
-            self.reported = false;
-        }
-        if self.reported || !receive_path_ok {
-            return false;
-        }
-        self.reported = true;
-        true
-    }
-
-    /// A success; true if a failure had been reported (so the recovery is worth a line too).
-    fn succeeded(&mut self) -> bool {
-        self.failing = None;
-        std::mem::take(&mut self.reported)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_failures_of_this_call_alone_are_reported_once() {
-        let mut reports = Reports::default();
-        // The receive path fails too: the loop reports that outage, not us.
-        assert!(!reports.failed(QueueErrorKind::Unreachable, None, false));
-        assert!(!reports.succeeded());
-        // Refused while receiving works: a missing permission, worth one line.
-        let refused = (QueueErrorKind::Unauthorized, Some(403));
-        assert!(reports.failed(refused.0, refused.1, true));
-        assert!(!reports.failed(refused.0, refused.1, true));
-        assert!(reports.failed(QueueErrorKind::Other, Some(400), true));
-        assert!(reports.succeeded(), "the recovery is worth a line");
-        assert!(!reports.succeeded());
     }
 }

@@ -11,14 +11,14 @@ use crate::config::{format_duration, Config};
 use crate::delivery::Deliverer;
 use crate::event::EventMapper;
 use crate::poison::PoisonQueue;
-use crate::pump::{Pump, PumpSettings, Summary};
+use crate::pump::{stall_limit, Pump, PumpSettings, Summary};
 use crate::queue::{self, Queue, QueueConnector, QueueError};
 use crate::queue_length;
 use crate::redact;
 use crate::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
 use crate::telemetry::events::{InternalEvent, ShutdownStarted};
-use crate::telemetry::health::{health, stall_limit};
+use crate::telemetry::health::health;
 use crate::worker::Worker;
 use tracing::info;
 

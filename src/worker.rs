@@ -43,16 +43,18 @@
 
 use crate::delivery::{Deliverer, Failure, Outcome};
 use crate::event::EventMapper;
-use crate::poison::{envelope, PoisonError, PoisonQueue};
+use crate::event::Notice;
+use crate::poison::{envelope, PoisonQueue};
 use crate::queue::{
     Budget, Deleted, Leased, Operation, Queue, QueueError, QueueErrorKind, ReceivedMessage,
 };
 use crate::retry::{Decision, PoisonReason, RetryPolicy};
 use crate::shutdown::{self, Shutdown};
 use crate::telemetry::events::{
-    Degraded, DeliveryAttempted, EventNoticed, InFlightChanged, InternalEvent, LeaseLost,
-    LeaseRenewed, MessageDeleted, MessagePoisoned, MessageReleased, MessageUnmappable,
-    PoisonBlocked, PoisonedNotDeleted, QueueCallFailed, RedeliveryAvoided, RetryScheduled,
+    Base64EventNoticed, Degraded, DeliveryAttempted, InFlightChanged, InternalEvent,
+    InvalidEventWrapped, LeaseLost, LeaseRenewed, MessageDeleted, MessagePoisoned, MessageReleased,
+    MessageUnmappable, PoisonBlocked, PoisonedNotDeleted, QueueCallFailed, RedeliveryAvoided,
+    RetryScheduled,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -151,14 +153,6 @@ impl EndpointGate {
     pub fn reset(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
     }
-}
-
-/// Features that fell back because of a missing permission, each reported once.
-#[derive(Debug, Default)]
-struct Degradations {
-    update_denied: AtomicBool,
-    poison_denied: AtomicBool,
-    poison_missing: AtomicBool,
 }
 
 /// Ids of messages this process delivered (2xx) but could not delete, so that a message that
@@ -283,7 +277,6 @@ pub struct Worker {
     policy: RetryPolicy,
     visibility_timeout: Duration,
     gate: Arc<EndpointGate>,
-    degraded: Arc<Degradations>,
     acknowledged: Arc<Acknowledged>,
 }
 
@@ -304,7 +297,6 @@ impl Worker {
             policy,
             visibility_timeout,
             gate: Arc::default(),
-            degraded: Arc::default(),
             acknowledged: Arc::default(),
         }
     }
@@ -335,12 +327,19 @@ impl Worker {
 
         let payload = match self.mapper.to_event(&message) {
             Ok(event) => {
-                if let Some(notice) = event.notice() {
-                    EventNoticed {
+                match event.notice() {
+                    Some(Notice::InvalidEvent { looks_like, reason }) => InvalidEventWrapped {
                         message_id: &message.id,
-                        notice,
+                        looks_like,
+                        reason,
                     }
-                    .emit();
+                    .emit(),
+                    Some(Notice::Base64Event { looks_like }) => Base64EventNoticed {
+                        message_id: &message.id,
+                        looks_like,
+                    }
+                    .emit(),
+                    None => {}
                 }
                 event.encode(self.mapper.mode())
             }
@@ -362,10 +361,15 @@ impl Worker {
             return self.release(&message, &lease).await;
         };
         self.gate.record(&outcome);
+        let (status, status_class) = outcome.status_labels();
+        let error = outcome.failure().map(Failure::describe);
         DeliveryAttempted {
             message_id: &message.id,
             dequeue_count: message.dequeue_count,
-            outcome: &outcome,
+            outcome: outcome.label(),
+            status: &status,
+            status_class: &status_class,
+            error: error.as_ref().map(|e| e as &dyn std::fmt::Display),
             latency,
             age: message.insertion_time.map(age),
         }
@@ -458,9 +462,8 @@ impl Worker {
                     // consumer receives the message, so keep trying, more slowly; said once.
                     if !failing {
                         QueueCallFailed {
-                            error: &error,
-                            message_id: Some(&message.id),
-                            report: true,
+                            failure: error.failure(),
+                            message_id: &message.id,
                             retry_in: Some(LATE_RENEWAL_INTERVAL),
                         }
                         .emit();
@@ -588,7 +591,7 @@ impl Worker {
         RetryScheduled {
             message_id: &message.id,
             dequeue_count: message.dequeue_count,
-            failure,
+            failure: &failure.label(),
             delay,
         }
         .emit();
@@ -637,7 +640,8 @@ impl Worker {
                 MessagePoisoned {
                     message_id: &message.id,
                     dequeue_count: message.dequeue_count,
-                    reason,
+                    reason: reason.label(),
+                    error: &reason.describe(),
                     poison_queue: self.poison.name(),
                     envelope: wrapped,
                 }
@@ -654,17 +658,11 @@ impl Worker {
                 }
             }
             Err(error) => {
-                let flag = match &error {
-                    PoisonError::Missing => Some(&self.degraded.poison_missing),
-                    PoisonError::Denied => Some(&self.degraded.poison_denied),
-                    PoisonError::Queue(_) => None,
-                };
-                let first = flag.is_none_or(|f| !f.swap(true, Ordering::Relaxed));
                 PoisonBlocked {
                     message_id: &message.id,
                     poison_queue: self.poison.name(),
+                    cause: error.cause(),
                     error: &error,
-                    report: first,
                 }
                 .emit();
                 let failure = reason
@@ -717,7 +715,7 @@ impl Worker {
         match error.kind {
             QueueErrorKind::MessageGone => LeaseLost {
                 message_id: &message.id,
-                operation: error.operation,
+                operation: error.operation.as_str(),
                 receipt_lost: applied_before(error)
                     || (lease.receipt_uncertain() && !error.is_message_not_found()),
             }
@@ -726,9 +724,8 @@ impl Worker {
                 self.update_denied()
             }
             _ => QueueCallFailed {
-                error,
-                message_id: Some(&message.id),
-                report: true,
+                failure: error.failure(),
+                message_id: &message.id,
                 retry_in: None,
             }
             .emit(),
@@ -736,13 +733,11 @@ impl Worker {
     }
 
     fn update_denied(&self) {
-        if !self.degraded.update_denied.swap(true, Ordering::Relaxed) {
-            Degraded {
-                feature: "update_message",
-                consequence: "no lease renewal and no retry delays: failed messages come back when VISIBILITY_TIMEOUT expires (grant 'u' in the SAS or Storage Queue Data Contributor)",
-            }
-            .emit();
+        Degraded {
+            feature: "update_message",
+            consequence: "no lease renewal and no retry delays: failed messages come back when VISIBILITY_TIMEOUT expires (grant 'u' in the SAS or Storage Queue Data Contributor)",
         }
+        .emit();
     }
 }
 

@@ -15,8 +15,9 @@
 //!   it is still valid. Each azure_identity credential has a second cache with the same window.
 //! - Token endpoint calls go through an azure_core pipeline with our retry options
 //!   ([`token_retry`]): 5xx, 408, 429 and transport errors are retried with exponential backoff.
-//!   [`TokenEndpointWatch`] logs each failed attempt; [`ObservedCredential`] logs the outcome
-//!   once per change of state (failing / recovered) and counts every request in the metrics.
+//!   [`TokenEndpointWatch`] reports each failed attempt; [`ObservedCredential`] reports every
+//!   request's outcome; the events log once per change of state (failing / recovered) and
+//!   count every request in the metrics.
 //! - Workload identity uses azure_identity's `ClientAssertionCredential` with our own
 //!   [`FederatedTokenFile`] assertion, which reads the token file at every token request (about
 //!   once an hour). azure_identity's `WorkloadIdentityCredential` is the same credential with an
@@ -47,7 +48,6 @@ use azure_identity::{
 };
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
 use url::Url;
@@ -376,14 +376,10 @@ fn build(
     identity: &Identity,
     http: &reqwest::Client,
 ) -> azure_core::Result<Arc<dyn TokenCredential>> {
-    let health = Arc::new(Health::default());
     let kind = identity.kind();
     let mut client_options = ClientOptions {
         transport: Some(Transport::new(Arc::new(http.clone()))),
-        per_try_policies: vec![Arc::new(TokenEndpointWatch {
-            identity: kind,
-            health: health.clone(),
-        })],
+        per_try_policies: vec![Arc::new(TokenEndpointWatch { identity: kind })],
         retry: token_retry(),
         ..Default::default()
     };
@@ -426,7 +422,6 @@ fn build(
     Ok(Arc::new(ObservedCredential {
         inner,
         identity: kind,
-        health,
     }))
 }
 
@@ -473,21 +468,11 @@ impl ClientAssertion for FederatedTokenFile {
     }
 }
 
-/// Whether the identity is currently failing, and how many requests failed in a row: shared by
-/// the per-attempt watch and the per-request wrapper so a long outage is one warning, not one
-/// per retry.
-#[derive(Debug, Default)]
-struct Health {
-    failing: AtomicBool,
-    failures: AtomicU64,
-}
-
-/// Logs every failed token endpoint attempt (status or transport error, never the body) while
-/// the identity was healthy; once it is failing, only the metric counts them.
+/// Reports every failed token endpoint attempt (status or transport error, never the body);
+/// the event logs it while the identity works, and only counts it once it is failing.
 #[derive(Debug)]
 struct TokenEndpointWatch {
     identity: &'static str,
-    health: Arc<Health>,
 }
 
 #[async_trait]
@@ -511,7 +496,6 @@ impl Policy for TokenEndpointWatch {
                 attempt,
                 status,
                 error: &error,
-                report: !self.health.failing.load(Ordering::Relaxed),
             }
             .emit();
         }
@@ -519,12 +503,12 @@ impl Policy for TokenEndpointWatch {
     }
 }
 
-/// Wraps the azure_identity credential: one log line when tokens start failing, one when they
-/// come back, one per token acquired (about hourly); error text made single-line and scrubbed.
+/// Wraps the azure_identity credential: reports every token request's outcome (the events
+/// log when tokens start failing, when they come back, and each token acquired, about
+/// hourly); error text made single-line and scrubbed.
 struct ObservedCredential {
     inner: Arc<dyn TokenCredential>,
     identity: &'static str,
-    health: Arc<Health>,
 }
 
 impl fmt::Debug for ObservedCredential {
@@ -544,26 +528,20 @@ impl TokenCredential for ObservedCredential {
     ) -> azure_core::Result<AccessToken> {
         match self.inner.get_token(scopes, options).await {
             Ok(token) => {
-                let failed_before = self.health.failures.swap(0, Ordering::Relaxed);
-                self.health.failing.store(false, Ordering::Relaxed);
                 TokenAcquired {
                     identity: self.identity,
                     expires_in: (token.expires_on - OffsetDateTime::now_utc())
                         .try_into()
                         .unwrap_or_default(),
-                    failed_before,
                 }
                 .emit();
                 Ok(token)
             }
             Err(error) => {
                 let message = redact::secrets(&error_text::one_line(&error));
-                let was_failing = self.health.failing.swap(true, Ordering::Relaxed);
-                self.health.failures.fetch_add(1, Ordering::Relaxed);
                 TokenRequestFailed {
                     identity: self.identity,
                     error: &message,
-                    report: !was_failing,
                 }
                 .emit();
                 Err(azure_core::Error::with_message(

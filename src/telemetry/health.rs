@@ -3,41 +3,38 @@
 //! Nothing calls into this module to "report health" directly. The events the pump already
 //! emits carry the facts — [`PumpHeartbeat`](super::events::PumpHeartbeat) on every loop
 //! iteration, [`ReceiveSucceeded`](super::events::ReceiveSucceeded) and
-//! [`QueueCallFailed`](super::events::QueueCallFailed) for every queue answer — and their
+//! [`ReceiveFailed`](super::events::ReceiveFailed) for every queue answer — and their
 //! `emit` updates this state, so the probes cannot disagree with the logs and metrics.
+//!
+//! The state of the queue and of the endpoint is kept here once, each in a
+//! [`Tracker`]: the same record decides readiness and which failures are news for the log.
 //!
 //! - **Liveness** (`/healthz`): the receive loop made progress recently. The loop emits a
 //!   heartbeat at least every few seconds even while it waits for free delivery slots, so the
-//!   only legitimate long gaps are a slow queue call followed by a backoff sleep; the limit
-//!   ([`stall_limit`]) allows several of those. Two states stop the loop on purpose, and
-//!   liveness stays up through them: receiving paused because the endpoint is down (the pump
-//!   probes the endpoint with backoff; restarting the sidecar would not bring the app back),
-//!   and shutting down (the drain is bounded by `SHUTDOWN_TIMEOUT`; a kill from the kubelet
-//!   would only lose work in progress).
+//!   only legitimate long gaps are a slow queue call followed by a backoff sleep; the pump
+//!   sets the limit (`pump::stall_limit`) to allow several of those. Two states stop the loop
+//!   on purpose, and liveness stays up through them: receiving paused because the endpoint is
+//!   down (the pump probes the endpoint with backoff; restarting the sidecar would not bring
+//!   the app back), and shutting down (the drain is bounded by `SHUTDOWN_TIMEOUT`; a kill
+//!   from the kubelet would only lose work in progress).
 //! - **Readiness** (`/readyz`): the queue has answered at least once and the last call of the
 //!   receive path (receive, delete, update) succeeded; not ready while shutting down. The
 //!   queue-length poll's properties call is left out on purpose: it needs a permission (SAS
 //!   `r`, a reader role) that a working sidecar may lack, and readiness would flap with it; so
-//!   are writes to the poison queue, which has its own reporting.
+//!   are writes to the poison queue, which has their own reporting.
+//!
+//! Queue operations and failure kinds arrive as their metric label values (`receive`,
+//! `unreachable`, ...): telemetry names no domain module.
 
-use crate::queue::{Operation, QueueErrorKind};
+use super::tracker::Tracker;
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-/// The longest the pump sleeps after failed queue calls (`FAILURE_BACKOFF_MAX` in the pump).
-const FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// The longest one queue call may take: the queue HTTP client's request timeout, plus the
-/// pump's heartbeat period while it waits for free slots.
-const SLOWEST_CALL: Duration = Duration::from_secs(60 + 5);
-/// How many of the longest legitimate loop iterations may pass without a heartbeat.
-const STALL_ITERATIONS: u32 = 3;
-
-/// How long the receive loop may go without a heartbeat before liveness fails: three times
-/// the longest sleep (`POLL_MAX_INTERVAL`, or the failure backoff if longer) plus the slowest
-/// queue call. With the defaults, 155 s.
-pub fn stall_limit(poll_max_interval: Duration) -> Duration {
-    STALL_ITERATIONS * poll_max_interval.max(FAILURE_BACKOFF_MAX) + SLOWEST_CALL
-}
+/// The queue operations of the receive path, the only ones readiness follows.
+const RECEIVE_PATH: [&str; 3] = ["receive", "delete", "update"];
+/// The failure kind of a lost lease: the service answered correctly that someone else owns
+/// the message, which says nothing about the queue's health.
+const LEASE_LOST: &str = "message_gone";
 
 /// A probe's answer: whether it passes, and a short reason for humans.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,50 +71,6 @@ pub enum QueueTransition {
     Unchanged,
 }
 
-/// The last known state of the queue as the receive path sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum QueueState {
-    /// No queue call has finished yet.
-    Waiting,
-    /// The last call succeeded.
-    Answering,
-    /// The last call failed.
-    Failing {
-        operation: Operation,
-        kind: QueueErrorKind,
-    },
-}
-
-/// Endpoint failures of one kind, counted while they repeat, so a down endpoint is one warning
-/// and one recovery line rather than a warning per message.
-#[derive(Debug, Default)]
-struct EndpointState {
-    failing: Option<String>,
-    failures: u64,
-}
-
-#[derive(Debug)]
-struct State {
-    last_heartbeat: Instant,
-    stall_limit: Duration,
-    /// Whether the last liveness answer was a failure (to log the change once).
-    stalled: bool,
-    /// Receiving is paused while the endpoint is down.
-    paused: bool,
-    queue: QueueState,
-    answered_once: bool,
-    /// Receive-path calls that failed since the last success.
-    failed_calls: u64,
-    shutting_down: bool,
-    endpoint: EndpointState,
-}
-
-/// The process's health. One instance per process ([`health`]); tests make their own.
-#[derive(Debug)]
-pub struct Health {
-    state: Mutex<State>,
-}
-
 /// What a delivery result changed about the endpoint's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndpointTransition {
@@ -131,21 +84,46 @@ pub enum EndpointTransition {
     Unchanged,
 }
 
+#[derive(Debug)]
+struct State {
+    last_heartbeat: Instant,
+    stall_limit: Duration,
+    /// Receiving is paused while the endpoint is down.
+    paused: bool,
+    answered_once: bool,
+    /// The receive path's last call, if it failed: operation and kind, for readiness.
+    last_failure: Option<(&'static str, &'static str)>,
+    shutting_down: bool,
+}
+
+/// The process's health. One instance per process ([`health`]); tests make their own.
+#[derive(Debug)]
+pub struct Health {
+    state: Mutex<State>,
+    /// The receive path's failures, by kind.
+    queue: Tracker<(), &'static str>,
+    /// Deliveries that fail in a way that repeats while the endpoint is down, by kind.
+    endpoint: Tracker<(), String>,
+    /// Whether liveness fails (to log each change once).
+    stalled: Tracker,
+}
+
 impl Health {
-    /// Fresh state: alive as of `now`, not ready yet.
+    /// Fresh state: alive as of `now`, not ready yet, and no stall detection until the pump
+    /// says how long it may go quiet.
     pub fn new(now: Instant) -> Self {
         Self {
             state: Mutex::new(State {
                 last_heartbeat: now,
-                stall_limit: stall_limit(Duration::ZERO),
-                stalled: false,
+                stall_limit: Duration::MAX,
                 paused: false,
-                queue: QueueState::Waiting,
                 answered_once: false,
-                failed_calls: 0,
+                last_failure: None,
                 shutting_down: false,
-                endpoint: EndpointState::default(),
             }),
+            queue: Tracker::new(),
+            endpoint: Tracker::new(),
+            stalled: Tracker::new(),
         }
     }
 
@@ -155,7 +133,7 @@ impl Health {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sets how long the loop may go quiet (see [`stall_limit`]).
+    /// Sets how long the loop may go quiet.
     pub fn set_stall_limit(&self, limit: Duration) {
         self.lock().stall_limit = limit;
     }
@@ -168,8 +146,8 @@ impl Health {
     /// A call of the receive path succeeded.
     pub fn queue_answered(&self) -> QueueTransition {
         let mut state = self.lock();
-        state.queue = QueueState::Answering;
-        let failed_calls = std::mem::take(&mut state.failed_calls);
+        state.last_failure = None;
+        let failed_calls = self.queue.recovered(&()).unwrap_or(0);
         if !state.answered_once {
             state.answered_once = true;
             QueueTransition::FirstAnswer { failed_calls }
@@ -180,20 +158,16 @@ impl Health {
         }
     }
 
-    /// A queue call failed. Only the receive path's calls count (see the module docs), and a
-    /// lost lease is not a fault of the queue: the service answered correctly that someone
-    /// else owns the message.
-    pub fn queue_failed(&self, operation: Operation, kind: QueueErrorKind) {
-        let receive_path = matches!(
-            operation,
-            Operation::Receive | Operation::Delete | Operation::Update
-        );
-        if !receive_path || kind == QueueErrorKind::MessageGone {
-            return;
+    /// A queue call (`operation`) failed with `kind`. Only the receive path's calls count
+    /// (see the module docs), and a lost lease is not a fault of the queue. True when the
+    /// failure is news: the first of this kind since the queue last answered.
+    pub fn queue_failed(&self, operation: &'static str, kind: &'static str) -> bool {
+        if !RECEIVE_PATH.contains(&operation) || kind == LEASE_LOST {
+            return false;
         }
         let mut state = self.lock();
-        state.queue = QueueState::Failing { operation, kind };
-        state.failed_calls += 1;
+        state.last_failure = Some((operation, kind));
+        self.queue.failed((), kind)
     }
 
     /// Receiving paused (the endpoint is down) or resumed. Resuming counts as progress.
@@ -212,13 +186,14 @@ impl Health {
 
     /// Whether the queue answered the receive path's last call.
     pub fn queue_ready(&self) -> bool {
-        self.lock().queue == QueueState::Answering
+        let state = self.lock();
+        state.answered_once && state.last_failure.is_none()
     }
 
     /// The liveness probe at `now`. The second value is true when the answer differs from the
     /// previous one, so the change can be logged once.
     pub fn liveness(&self, now: Instant) -> (Probe, bool) {
-        let mut state = self.lock();
+        let state = self.lock();
         let quiet = now.saturating_duration_since(state.last_heartbeat);
         let probe = if state.shutting_down {
             Probe::pass("shutting down")
@@ -233,8 +208,10 @@ impl Health {
         } else {
             Probe::pass("alive")
         };
-        let changed = state.stalled == probe.ok;
-        state.stalled = !probe.ok;
+        let changed = match probe.ok {
+            true => self.stalled.recovered(&()).is_some(),
+            false => self.stalled.failed((), ()),
+        };
         (probe, changed)
     }
 
@@ -244,38 +221,28 @@ impl Health {
         if state.shutting_down {
             return Probe::fail("shutting down");
         }
-        match &state.queue {
-            QueueState::Answering => Probe::pass("ready"),
-            QueueState::Waiting => Probe::fail("waiting for the first answer from the queue"),
-            QueueState::Failing { operation, kind } => Probe::fail(format!(
-                "queue {} failed: {}",
-                operation.as_str(),
-                kind.as_str()
-            )),
+        match (state.last_failure, state.answered_once) {
+            (Some((operation, kind)), _) => {
+                Probe::fail(format!("queue {operation} failed: {kind}"))
+            }
+            (None, true) => Probe::pass("ready"),
+            (None, false) => Probe::fail("waiting for the first answer from the queue"),
         }
     }
 
     /// A delivery failed in a way that repeats while the endpoint is down or overloaded
     /// (`kind`: `connection`, `timeout` or a status code).
     pub fn endpoint_failed(&self, kind: &str) -> EndpointTransition {
-        let mut state = self.lock();
-        let endpoint = &mut state.endpoint;
-        endpoint.failures += 1;
-        if endpoint.failing.as_deref() == Some(kind) {
-            EndpointTransition::Repeated
-        } else {
-            endpoint.failing = Some(kind.to_string());
-            EndpointTransition::NewFailure
+        match self.endpoint.failed((), kind.to_string()) {
+            true => EndpointTransition::NewFailure,
+            false => EndpointTransition::Repeated,
         }
     }
 
     /// A delivery succeeded.
     pub fn endpoint_delivered(&self) -> EndpointTransition {
-        let mut state = self.lock();
-        let endpoint = &mut state.endpoint;
-        let failures = std::mem::take(&mut endpoint.failures);
-        match endpoint.failing.take() {
-            Some(_) => EndpointTransition::Recovered { failures },
+        match self.endpoint.recovered(&()) {
+            Some(failures) => EndpointTransition::Recovered { failures },
             None => EndpointTransition::Unchanged,
         }
     }
@@ -290,18 +257,6 @@ pub fn health() -> &'static Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_stall_limit_allows_several_slow_iterations() {
-        assert_eq!(
-            stall_limit(Duration::from_secs(10)),
-            Duration::from_secs(155)
-        );
-        assert_eq!(
-            stall_limit(Duration::from_secs(60)),
-            Duration::from_secs(245)
-        );
-    }
 
     #[test]
     fn liveness_fails_when_heartbeats_stop_and_recovers_when_they_resume() {
@@ -356,13 +311,13 @@ mod tests {
         assert!(health.readiness().ok);
         assert_eq!(health.queue_answered(), QueueTransition::Unchanged);
 
-        health.queue_failed(Operation::Receive, QueueErrorKind::Unreachable);
+        health.queue_failed("receive", "unreachable");
         assert_eq!(
             health.readiness(),
             Probe::fail("queue receive failed: unreachable")
         );
         assert!(!health.queue_ready());
-        health.queue_failed(Operation::Delete, QueueErrorKind::Throttled);
+        health.queue_failed("delete", "throttled");
         assert_eq!(
             health.queue_answered(),
             QueueTransition::Recovered { failed_calls: 2 }
@@ -372,9 +327,9 @@ mod tests {
 
         // Neither a lost lease, the queue-length poll nor the poison queue is a fault of the
         // receive path.
-        health.queue_failed(Operation::Delete, QueueErrorKind::MessageGone);
-        health.queue_failed(Operation::Properties, QueueErrorKind::Unauthorized);
-        health.queue_failed(Operation::Send, QueueErrorKind::QueueNotFound);
+        health.queue_failed("delete", "message_gone");
+        health.queue_failed("properties", "unauthorized");
+        health.queue_failed("send", "queue_not_found");
         assert!(health.readiness().ok);
 
         health.shutting_down();

@@ -49,6 +49,35 @@ pub struct Metrics {
     pub poisoned_not_deleted: Counter,
     /// Messages that looked like a CloudEvent or an Event Grid event but were not valid ones.
     pub invalid_events_wrapped: Counter,
+    /// 1 once a message was base64 of an event while `DECODE_BASE64` is off.
+    pub decode_base64_hint: Gauge,
+    /// Poison writes that could not happen, by cause (`missing`, `denied`, `failed`).
+    pub poison_blocked: Family<Labels, Counter>,
+    /// Features that fell back for lack of a permission (1 once degraded).
+    pub degraded: Family<Labels, Gauge>,
+    /// 1 while receiving is paused because the endpoint is down.
+    pub receiving_paused: Gauge,
+    /// Iterations (and waits) of the receive loop.
+    pub receive_loop_heartbeats: Counter,
+    /// 1 while the liveness probe fails.
+    pub receive_loop_stalled: Gauge,
+    /// Where the admin server listens (1 per address).
+    pub admin: Family<Labels, Gauge>,
+    /// Admin connections that failed (hung up, garbage, too slow).
+    pub admin_connection_errors: Counter,
+    /// See [`ShutdownPhase`].
+    shutdown_phase: Gauge,
+}
+
+/// How far shutdown has gone, as the `shutdown_phase` gauge shows it.
+#[derive(Debug, Clone, Copy)]
+pub enum ShutdownPhase {
+    /// The first signal: no new messages, deliveries in progress finish.
+    Draining = 1,
+    /// A second signal: deliveries in progress are cut off.
+    StoppingNow = 2,
+    /// The drain is over; the process exits.
+    Drained = 3,
 }
 
 /// Queue call latency buckets: 1 ms .. ~65 s.
@@ -81,6 +110,15 @@ impl Metrics {
             token_endpoint_errors: Family::default(),
             poisoned_not_deleted: Counter::default(),
             invalid_events_wrapped: Counter::default(),
+            decode_base64_hint: Gauge::default(),
+            poison_blocked: Family::default(),
+            degraded: Family::default(),
+            receiving_paused: Gauge::default(),
+            receive_loop_heartbeats: Counter::default(),
+            receive_loop_stalled: Gauge::default(),
+            admin: Family::default(),
+            admin_connection_errors: Counter::default(),
+            shutdown_phase: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -115,7 +153,7 @@ impl Metrics {
         );
         registry.register(
             "retries_scheduled",
-            "Failed deliveries scheduled for a later retry, by failure (status, timeout, connection)",
+            "Failed deliveries scheduled for a later retry, by failure (status, timeout, connection, dropped, unsendable; undeliverable for a message that cannot become a request)",
             metrics.retries.clone(),
         );
         registry.register(
@@ -153,9 +191,15 @@ impl Metrics {
             "Messages written to the poison queue whose delete from the main queue then failed: they come back and are poisoned again (a second copy)",
             metrics.poisoned_not_deleted.clone(),
         );
+        registry.register(
+            "poison_blocked",
+            "Messages that should have been poisoned but stayed in the main queue, by cause (missing: no poison queue; denied: no permission to write it; failed: another error)",
+            metrics.poison_blocked.clone(),
+        );
         metrics.register_operability(&mut registry);
         metrics.register_identity(&mut registry);
         metrics.register_events(&mut registry);
+        metrics.register_lifecycle(&mut registry);
         Self {
             registry,
             ..metrics
@@ -181,6 +225,50 @@ impl Metrics {
         );
     }
 
+    /// Registers the state of the loop, the admin server and shutdown.
+    fn register_lifecycle(&self, registry: &mut Registry) {
+        registry.register(
+            "degraded",
+            "Features that fell back because the queue service refused an operation with 403 (1 once degraded), by feature",
+            self.degraded.clone(),
+        );
+        registry.register(
+            "receiving_paused",
+            "1 while receiving is paused because the endpoint refuses connections",
+            self.receiving_paused.clone(),
+        );
+        registry.register(
+            "receive_loop_heartbeats",
+            "Iterations of the receive loop, and its periodic heartbeats while it waits for free delivery slots",
+            self.receive_loop_heartbeats.clone(),
+        );
+        registry.register(
+            "receive_loop_stalled",
+            "1 while the liveness probe fails (the receive loop made no progress within its limit)",
+            self.receive_loop_stalled.clone(),
+        );
+        registry.register(
+            "shutdown_phase",
+            "0 running, 1 draining after a signal, 2 cutting deliveries off (second signal), 3 drained",
+            self.shutdown_phase.clone(),
+        );
+        registry.register(
+            "admin",
+            "Where the admin server listens (1 per address)",
+            self.admin.clone(),
+        );
+        registry.register(
+            "admin_connection_errors",
+            "Admin connections that failed (the client hung up, sent garbage or was too slow)",
+            self.admin_connection_errors.clone(),
+        );
+    }
+
+    /// Records how far shutdown has gone.
+    pub fn set_shutdown_phase(&self, phase: ShutdownPhase) {
+        self.shutdown_phase.set(phase as i64);
+    }
+
     fn register_identity(&self, registry: &mut Registry) {
         registry.register(
             "token_requests",
@@ -199,6 +287,11 @@ impl Metrics {
             "invalid_events_wrapped",
             "Messages that looked like a CloudEvent or an Event Grid event but were not valid ones, delivered wrapped as data",
             self.invalid_events_wrapped.clone(),
+        );
+        registry.register(
+            "decode_base64_hint",
+            "1 once a message arrived that is base64 of a CloudEvent or an Event Grid event while DECODE_BASE64=false",
+            self.decode_base64_hint.clone(),
         );
     }
 

@@ -1,0 +1,65 @@
+//! Typed internal events: each writes its log line and updates its metrics in one place.
+//!
+//! Every observable happening in the sidecar is one struct here, grouped by area. Emitting it
+//! writes the log line and bumps the metric together, so logs and metrics cannot disagree
+//! (the pattern of vector's `internal_events`). Events are plain structs of primitive fields
+//! (names, label values, counts, durations, error text as `Display`): telemetry names no
+//! domain module, and the domain turns its own types into these fields.
+//!
+//! Fields are stable names (`message_id`, `dequeue_count`, `outcome`, `status`, `latency_ms`) so
+//! that log queries keep working. Nothing here ever receives a pop receipt, key or SAS.
+//!
+//! An event that reports a failing state decides itself whether this one is news, through a
+//! [`Tracker`](super::tracker::Tracker): the caller emits every failure, the metric counts
+//! every failure, and the log gets one line per change of state. Some events also feed the
+//! probes' state in [`super::health`], so the probes cannot disagree with the logs either.
+//!
+//! - [`queue`]: queue calls, their failures and retries, the queue length.
+//! - [`message`]: one message's life — received, delivered, retried, deleted, its lease.
+//! - [`poison`]: the poison queue, and features that fell back for lack of a permission.
+//! - [`lifecycle`]: the receive loop, the endpoint pause, shutdown.
+//! - [`admin`]: the admin server and the liveness probe.
+//! - [`identity`]: Microsoft Entra ID tokens.
+
+mod admin;
+mod identity;
+mod lifecycle;
+mod message;
+mod poison;
+mod queue;
+
+pub use admin::{AdminConnectionFailed, AdminServerStarted, LivenessChanged};
+pub use identity::{TokenAcquired, TokenEndpointAttemptFailed, TokenRequestFailed};
+pub use lifecycle::{
+    DrainFinished, EndpointDown, EndpointUp, PumpHeartbeat, ShutdownStarted, StopNowRequested,
+};
+pub use message::{
+    Base64EventNoticed, DeliveryAttempted, InFlightChanged, InvalidEventWrapped, LeaseLost,
+    LeaseRenewed, MessageDeleted, MessageReleased, MessageUnmappable, RedeliveryAvoided,
+    RetryScheduled,
+};
+pub use poison::{Degraded, MessagePoisoned, PoisonBlocked, PoisonedNotDeleted};
+pub use queue::{
+    QueueCallCompleted, QueueCallFailed, QueueCallRetried, QueueFailure, QueueLengthFailed,
+    QueueLengthObserved, ReceiveFailed, ReceiveSucceeded,
+};
+
+use std::time::Duration;
+
+/// Something that happened, worth a log line and a metric.
+pub trait InternalEvent {
+    fn emit(self);
+}
+
+/// A duration as whole milliseconds, for `*_ms` log fields.
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+/// A metric label set from label values.
+fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> super::metrics::Labels {
+    pairs
+        .into_iter()
+        .map(|(name, value)| (name, value.to_string()))
+        .collect()
+}
