@@ -18,6 +18,7 @@
 //! - [`Failure::Unsendable`]: the request could not even be built (e.g. a header value the
 //!   HTTP stack refuses). Retrying cannot help: undeliverable.
 
+use crate::config::EndpointConfig;
 use crate::error_text;
 use crate::event::HttpPayload;
 use std::time::Duration;
@@ -163,26 +164,14 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    /// `timeout` bounds each POST, from sending to the end of the answer's headers. The
-    /// endpoint is trusted with the system roots plus Knative's `K_CA_CERTS`, if set.
-    pub fn new(endpoint: Url, timeout: Duration, user_agent: &str) -> reqwest::Result<Self> {
-        let builder = match endpoint.scheme() {
-            // Plain http (the usual app on localhost): no trust store to load, see
-            // `queue::plain_http_client`. Redirects are not followed, so no https either.
-            "http" => reqwest::Client::builder().tls_certs_only(std::iter::empty()),
-            _ => reqwest::Client::builder().tls_certs_merge(crate::trust::endpoint_roots()?),
-        };
-        let client = builder
-            .user_agent(user_agent)
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()?;
-        Ok(Self {
+    /// POSTs to `endpoint` over `client` (the transport's endpoint client); its timeout
+    /// bounds each POST, from sending to the end of the answer's headers.
+    pub fn new(client: reqwest::Client, endpoint: &EndpointConfig) -> Self {
+        Self {
             client,
-            endpoint,
-            timeout,
-        })
+            endpoint: endpoint.url.clone(),
+            timeout: endpoint.timeout,
+        }
     }
 
     /// The endpoint events go to.
@@ -301,14 +290,13 @@ mod tests {
     }
 
     fn deliverer(url: &str) -> Deliverer {
-        // Installed once per process; fails harmlessly if another test did it first.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        Deliverer::new(
-            Url::parse(url).expect("url"),
-            Duration::from_secs(2),
-            "test",
-        )
-        .expect("client")
+        let endpoint = EndpointConfig {
+            url: Url::parse(url).expect("url"),
+            timeout: Duration::from_secs(2),
+            ca_certs: None,
+        };
+        let clients = crate::transport::Clients::new(&endpoint, false).expect("clients");
+        Deliverer::new(clients.endpoint, &endpoint)
     }
 
     fn payload(headers: Vec<(String, String)>) -> HttpPayload {

@@ -25,6 +25,7 @@
 //!
 //! The pop receipt never enters an event: it is a bearer token for the message.
 
+use crate::config::event::is_attribute_name;
 use crate::config::{ContentMode, EventConfig, EventGridSchema};
 use crate::queue::ReceivedMessage;
 use base64::Engine;
@@ -44,26 +45,6 @@ pub const TEXT: &str = "text/plain; charset=utf-8";
 pub const OCTET_STREAM: &str = "application/octet-stream";
 /// The structured-mode content type.
 pub const STRUCTURED: &str = "application/cloudevents+json";
-
-/// The CloudEvents 1.0 context attributes and the two data members of the JSON format.
-pub const CONTEXT_ATTRIBUTES: [&str; 10] = [
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "datacontenttype",
-    "dataschema",
-    "subject",
-    "time",
-    "data",
-    "data_base64",
-];
-/// The extensions the sidecar sets (`queuemessageid` only on events that came in the message,
-/// whose `id` is the producer's). They win over a producer's attributes of the same name:
-/// receivers can trust them to describe this queue and this delivery.
-pub const QUEUE_EXTENSIONS: [&str; 3] = ["queuemessageid", "dequeuecount", "expirytime"];
-/// The extensions an Event Grid schema event's version fields become.
-pub const EVENT_GRID_EXTENSIONS: [&str; 2] = ["dataversion", "metadataversion"];
 
 /// The deepest nesting of arrays and objects a message may have to count as JSON. Deeper text
 /// is delivered as text: a structured-mode envelope around it would exceed what common JSON
@@ -345,14 +326,17 @@ impl Event {
 #[derive(Debug)]
 pub struct EventMapper {
     config: EventConfig,
+    /// The `source` of wrapped events (`CE_SOURCE`, or the queue's URL).
+    source: String,
     /// Whether the `DECODE_BASE64` hint was given already.
     hinted_base64: AtomicBool,
 }
 
 impl EventMapper {
-    pub fn new(config: EventConfig) -> Self {
+    pub fn new(config: EventConfig, source: String) -> Self {
         Self {
             config,
+            source,
             hinted_base64: AtomicBool::new(false),
         }
     }
@@ -425,7 +409,7 @@ impl EventMapper {
         let mut attributes = Vec::with_capacity(10 + self.config.overrides.len());
         attributes.push(Attribute::string("specversion", "1.0"));
         attributes.push(Attribute::string("id", &message.id));
-        attributes.push(Attribute::string("source", &self.config.source));
+        attributes.push(Attribute::string("source", &self.source));
         attributes.push(Attribute::string("type", &self.config.ce_type));
         if let Some(inserted) = message.insertion_time.and_then(utc_rfc3339) {
             attributes.push(Attribute::string("time", &inserted));
@@ -871,14 +855,6 @@ fn is_header_value(value: &str) -> bool {
             .all(|b| b == b'\t' || (0x20..=0x7e).contains(&b))
 }
 
-/// CloudEvents attribute names: lowercase ASCII letters and digits.
-pub fn is_attribute_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-}
-
 /// Decodes base64 in any alphabet producers use: standard or URL-safe, padded or not (Azure
 /// Functions and older SDKs pad, others do not; poisoning a message over a `=` helps nobody).
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
@@ -985,13 +961,19 @@ mod tests {
     fn config(mode: ContentMode) -> EventConfig {
         EventConfig {
             ce_type: "com.microsoft.azure.queuestorage".into(),
-            source: "http://127.0.0.1:10001/devstoreaccount1/orders".into(),
+            source: Some("http://127.0.0.1:10001/devstoreaccount1/orders".into()),
             mode,
             overrides: BTreeMap::from([("team".to_string(), "payments".to_string())]),
             decode_base64: false,
             passthrough: true,
             event_grid: EventGridSchema::Map,
         }
+    }
+
+    /// A mapper for `config`, whose `source` the tests always set.
+    fn mapper_for(config: EventConfig) -> EventMapper {
+        let source = config.source.clone().unwrap_or_default();
+        EventMapper::new(config, source)
     }
 
     fn message(text: &str) -> ReceivedMessage {
@@ -1008,9 +990,7 @@ mod tests {
     }
 
     fn event_with(config: EventConfig, text: &str) -> Event {
-        EventMapper::new(config)
-            .to_event(&message(text))
-            .expect("event")
+        mapper_for(config).to_event(&message(text)).expect("event")
     }
 
     fn binary(text: &str) -> HttpPayload {
@@ -1073,7 +1053,7 @@ mod tests {
     #[test]
     fn text_and_bytes_get_their_content_types() {
         assert_eq!(binary("hello world").header("content-type"), Some(TEXT));
-        let mapper = EventMapper::new(EventConfig {
+        let mapper = mapper_for(EventConfig {
             decode_base64: true,
             ..config(ContentMode::Binary)
         });
@@ -1089,7 +1069,7 @@ mod tests {
 
     #[test]
     fn base64_is_decoded_in_any_common_alphabet_and_garbage_is_refused() {
-        let mapper = EventMapper::new(EventConfig {
+        let mapper = mapper_for(EventConfig {
             decode_base64: true,
             ..config(ContentMode::Binary)
         });
@@ -1143,7 +1123,7 @@ mod tests {
 
     #[test]
     fn bytes_go_to_data_base64_in_structured_mode() {
-        let mapper = EventMapper::new(EventConfig {
+        let mapper = mapper_for(EventConfig {
             decode_base64: true,
             ..config(ContentMode::Structured)
         });
@@ -1375,7 +1355,7 @@ mod tests {
 
     #[test]
     fn base64_of_an_event_without_decode_base64_gets_one_hint() {
-        let mapper = EventMapper::new(config(ContentMode::Binary));
+        let mapper = mapper_for(config(ContentMode::Binary));
         let encoded = base64::engine::general_purpose::STANDARD.encode(EVENT_GRID);
         let first = mapper.to_event(&message(&encoded)).expect("event");
         assert_eq!(
@@ -1388,7 +1368,7 @@ mod tests {
         let second = mapper.to_event(&message(&encoded)).expect("event");
         assert_eq!(second.notice(), None, "said once");
         let plain = base64::engine::general_purpose::STANDARD.encode(r#"{"a":1}"#);
-        let mapper = EventMapper::new(config(ContentMode::Binary));
+        let mapper = mapper_for(config(ContentMode::Binary));
         assert_eq!(
             mapper.to_event(&message(&plain)).expect("event").notice(),
             None
@@ -1418,8 +1398,8 @@ mod tests {
         assert_eq!(percent_encode_header("\"100%\""), "%22100%25%22");
         assert_eq!(percent_encode_header("€"), "%E2%82%AC");
         assert_eq!(percent_encode_header("a\r\nb\0"), "a%0D%0Ab%00");
-        let mapper = EventMapper::new(EventConfig {
-            source: "/queues/café orders".into(),
+        let mapper = mapper_for(EventConfig {
+            source: Some("/queues/café orders".into()),
             ..config(ContentMode::Binary)
         });
         let payload = mapper

@@ -40,21 +40,22 @@
 pub mod admin;
 pub mod auth;
 pub mod backoff;
-pub mod check;
-pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod delivery;
 pub mod error_text;
 pub mod event;
-pub mod healthcheck;
 pub mod poison;
 pub mod pump;
 pub mod queue;
 pub mod queue_length;
 pub mod redact;
 pub mod retry;
-pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
-pub mod trust;
+#[doc(hidden)]
+pub mod testing;
+pub mod transport;
 pub mod worker;
+
+pub use commands::main;

@@ -44,8 +44,8 @@ use url::Url;
 /// The header carrying the new pop receipt after Update Message.
 const POP_RECEIPT: HeaderName = HeaderName::from_static("x-ms-popreceipt");
 
-/// The longest a single try may take (also the HTTP client's own request timeout).
-pub const MAX_TRY: Duration = Duration::from_secs(30);
+/// The longest a single try may take: the queue client's own request timeout.
+pub const MAX_TRY: Duration = crate::transport::QUEUE_REQUEST_TIMEOUT;
 /// A try on a leased message never gets less than this.
 const MIN_TRY: Duration = Duration::from_secs(1);
 /// Of the time left on a lease, a try leaves a third (at most this much) for a retry.
@@ -524,33 +524,6 @@ impl QueueConnector {
         QueueClient::new(url.clone(), token, Some(options))
             .map_err(|e| QueueError::from_sdk(Operation::Properties, e))
     }
-}
-
-/// The builder for the reqwest client used for queue calls: pooled, no redirects, a bound on
-/// every request ([`MAX_TRY`]) so a hung connection cannot stall the loop forever. Calls on
-/// leased messages are bounded tighter, by their lease (see [`Budget`]).
-pub fn http_client(user_agent: &str) -> reqwest::Result<reqwest::Client> {
-    http_client_builder(user_agent).build()
-}
-
-/// Like [`http_client`], for a transport that only ever talks plain `http://` (Azurite with a
-/// key or SAS): no trust store is loaded. Loading the platform's roots reads and parses every
-/// certificate file it finds, which took most of the sidecar's start-up time and a few hundred
-/// KiB of heap for the process's life, for TLS that never happens. An `https://` request on
-/// this client would fail certificate verification, not go anywhere unverified.
-pub fn plain_http_client(user_agent: &str) -> reqwest::Result<reqwest::Client> {
-    http_client_builder(user_agent)
-        .tls_certs_only(std::iter::empty())
-        .build()
-}
-
-fn http_client_builder(user_agent: &str) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .user_agent(user_agent)
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(MAX_TRY)
-        .pool_idle_timeout(Duration::from_secs(50))
-        .redirect(reqwest::redirect::Policy::none())
 }
 
 impl Queue {

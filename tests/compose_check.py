@@ -5,7 +5,7 @@
       Validates FILE against the Compose Specification's JSON schema (the copy that the pinned
       PyPI package check-jsonschema ships, see SCHEMA_PACKAGE), then
       checks what a schema cannot: every variable the sidecar service sets is in the sidecar's
-      variable table (src/config.rs), its healthcheck execs the binary's `healthcheck` command
+      variable table (src/config/variables.rs), its healthcheck execs the binary's `healthcheck` command
       (no shell: the image has none), the queue creator and the sidecar agree on the queue and
       the queue service, the Azurite command line has the integration tests' flags, and the
       wiring between the services. Relative paths resolve against DIR (default: FILE's
@@ -70,10 +70,10 @@ CONSOLE_FLAGS = {"--silent"}
 
 def sidecar_variables():
     """The names in config::VARIABLES (what --help prints)."""
-    source = (REPO / "src/config.rs").read_text()
-    match = re.search(r"pub const VARIABLES: &\[VariableDoc\] = &\[(.*?)\n\];", source, re.S)
+    source = (REPO / "src/config/variables.rs").read_text()
+    match = re.search(r"pub const VARIABLES: &\[Variable\] = &\[(.*?)\n\];", source, re.S)
     if not match:
-        raise SystemExit("cannot find config::VARIABLES in src/config.rs")
+        raise SystemExit("cannot find config::VARIABLES in src/config/variables.rs")
     names = set(re.findall(r'name:\s*"([A-Z0-9_]+)"', match.group(1)))
     if "QUEUE_NAME" not in names:
         raise SystemExit(f"config::VARIABLES parsed as {sorted(names)}: no QUEUE_NAME")
@@ -266,7 +266,7 @@ def check_sidecar_environment(c, sidecar):
         if name in table:
             c.check(True, f"sidecar: {name} is in the sidecar's variable table")
         else:
-            c.check(False, f"sidecar: {name} is not in the sidecar's variable table (src/config.rs VARIABLES)")
+            c.check(False, f"sidecar: {name} is not in the sidecar's variable table (src/config/variables.rs VARIABLES)")
     return env
 
 

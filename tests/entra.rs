@@ -59,7 +59,7 @@ fn workload_env(issuer: &Issuer, token_file: &std::path::Path) -> Vec<(String, S
     ]
 }
 
-async fn send_all(queue: &azure_queue_sidecar::queue::Queue, texts: &[&str]) {
+async fn send_all(queue: &azure_queue_sidecar::testing::Queue, texts: &[&str]) {
     for text in texts {
         queue.send(text, None, None).await.expect("send");
     }

@@ -5,7 +5,7 @@
 
 mod support;
 
-use azure_queue_sidecar::queue::Queue;
+use azure_queue_sidecar::testing::Queue;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -4,7 +4,7 @@
 
 mod support;
 
-use azure_queue_sidecar::queue::Queue;
+use azure_queue_sidecar::testing::Queue;
 use std::collections::HashMap;
 use std::time::Duration;
 use support::*;

@@ -39,7 +39,7 @@ CRATE_NAME = "azure_queue_sidecar"
 # configuration is read before anything runs and telemetry is emitted from everywhere, so
 # neither may depend on a domain module (issue 12).
 RULES = {
-    "config": ("config",),
+    "config": ("config", "redact"),
     "telemetry": ("telemetry",),
 }
 

@@ -4,13 +4,13 @@
 //! where its functions live.) Each property runs proptest's default 256 cases; a failure prints
 //! the smallest input that breaks it.
 
-use azure_queue_sidecar::auth::connection_string;
-use azure_queue_sidecar::config::{
+use azure_queue_sidecar::testing::connection_string;
+use azure_queue_sidecar::testing::parse_retry_after;
+use azure_queue_sidecar::testing::ReceivedMessage;
+use azure_queue_sidecar::testing::{
     format_duration, parse_duration, Config, ContentMode, EventConfig, EventGridSchema,
 };
-use azure_queue_sidecar::delivery::parse_retry_after;
-use azure_queue_sidecar::event::{is_json, EventMapper, HttpPayload, Origin, JSON, STRUCTURED};
-use azure_queue_sidecar::queue::ReceivedMessage;
+use azure_queue_sidecar::testing::{is_json, EventMapper, HttpPayload, Origin, JSON, STRUCTURED};
 use base64::Engine;
 use proptest::prelude::*;
 use serde_json::value::RawValue;
@@ -173,10 +173,16 @@ fn message_text() -> impl Strategy<Value = String> {
 // ---------------------------------------------------------------------------------------------
 // Message → event
 
+/// The mapper for `config`, with the `source` it sets.
+fn mapper_for(config: EventConfig) -> EventMapper {
+    let source = config.source.clone().unwrap_or_default();
+    EventMapper::new(config, source)
+}
+
 fn event_config(mode: ContentMode, passthrough: bool, decode_base64: bool) -> EventConfig {
     EventConfig {
         ce_type: "com.microsoft.azure.queuestorage".into(),
-        source: "http://127.0.0.1:10001/devstoreaccount1/orders".into(),
+        source: Some("http://127.0.0.1:10001/devstoreaccount1/orders".into()),
         mode,
         overrides: BTreeMap::from([("team".to_string(), "payments".to_string())]),
         decode_base64,
@@ -278,7 +284,7 @@ fn member<'a>(members: &'a [(String, String)], name: &str) -> Option<&'a str> {
 /// Checks one message in both modes; `bytes` is what the message carries after decoding.
 fn check_message(text: String, bytes: &[u8], passthrough: bool, decode_base64: bool) {
     for mode in [ContentMode::Binary, ContentMode::Structured] {
-        let mapper = EventMapper::new(event_config(mode, passthrough, decode_base64));
+        let mapper = mapper_for(event_config(mode, passthrough, decode_base64));
         let event = mapper.to_event(&message(text.clone())).expect("maps");
         let origin = event.origin();
         if !passthrough {
@@ -375,7 +381,7 @@ proptest! {
 
     #[test]
     fn a_valid_cloud_event_keeps_every_member_as_written(text in cloud_event_text()) {
-        let mapper = EventMapper::new(event_config(ContentMode::Structured, true, false));
+        let mapper = mapper_for(event_config(ContentMode::Structured, true, false));
         let event = mapper.to_event(&message(text.clone())).expect("maps");
         if event.origin() == Origin::CloudEvent {
             let out = members(&event.encode(ContentMode::Structured).body);
@@ -503,7 +509,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // K_CE_OVERRIDES
 
-fn overrides_config(raw: String) -> Result<Config, azure_queue_sidecar::config::ConfigError> {
+fn overrides_config(raw: String) -> Result<Config, azure_queue_sidecar::testing::ConfigError> {
     Config::from_lookup(move |name| match name {
         "QUEUE_NAME" => Some("orders".into()),
         "ENDPOINT_URL" => Some("http://127.0.0.1:8080/".into()),
@@ -612,7 +618,7 @@ fn generators_cover_every_origin() {
     for strategy in [cloud_event_text().boxed(), event_grid_text().boxed()] {
         for _ in 0..256 {
             let text = strategy.new_tree(&mut runner).expect("tree").current();
-            let mapper = EventMapper::new(event_config(ContentMode::Binary, true, false));
+            let mapper = mapper_for(event_config(ContentMode::Binary, true, false));
             let event = mapper.to_event(&message(text)).expect("maps");
             let key = format!("{:?}/{}", event.origin(), event.notice().is_some());
             *origins.entry(key).or_insert(0) += 1;

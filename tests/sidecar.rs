@@ -3,7 +3,7 @@
 
 mod support;
 
-use azure_queue_sidecar::config::VARIABLES;
+use azure_queue_sidecar::testing::VARIABLES;
 use std::collections::HashMap;
 use std::time::Duration;
 use support::*;
@@ -11,7 +11,7 @@ use support::*;
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Waits until the queue reports no messages at all (visible or leased).
-async fn assert_queue_empties(queue: &azure_queue_sidecar::queue::Queue) {
+async fn assert_queue_empties(queue: &azure_queue_sidecar::testing::Queue) {
     let mut count = u64::MAX;
     for _ in 0..200 {
         count = queue.approximate_message_count().await.expect("properties");

@@ -23,7 +23,7 @@
 
 mod support;
 
-use azure_queue_sidecar::queue::Queue;
+use azure_queue_sidecar::testing::Queue;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;

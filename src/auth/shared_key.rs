@@ -11,6 +11,7 @@
 //! The string-to-sign is built by pure functions so it can be tested line by line against the
 //! documented format; the HMAC is `azure_core::hmac::hmac_sha256`.
 
+use crate::config::connection_string::{validate_account_key, InvalidAccountKey};
 use async_trait::async_trait;
 use azure_core::{
     credentials::Secret,
@@ -23,27 +24,7 @@ use azure_core::{
     },
     time::{to_rfc7231, OffsetDateTime},
 };
-use base64::Engine as _;
 use std::{borrow::Cow, fmt, sync::Arc};
-
-/// The account key is not valid base64. Deliberately carries no part of the key: the message
-/// is printed after the name of the variable the key came from.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the account key is not valid base64; expected the key as shown under Access keys in the portal")]
-pub struct InvalidAccountKey;
-
-/// Checks that an account key decodes as base64, as `hmac_sha256` will need it to, so that a
-/// mistyped key fails at startup rather than on every request.
-///
-/// # Errors
-///
-/// [`InvalidAccountKey`] if the key (ignoring surrounding blanks) is empty or not base64.
-pub fn validate_account_key(key: &Secret) -> Result<(), InvalidAccountKey> {
-    match base64::engine::general_purpose::STANDARD.decode(key.secret().trim()) {
-        Ok(bytes) if !bytes.is_empty() => Ok(()),
-        _ => Err(InvalidAccountKey),
-    }
-}
 
 /// Signs every request with the storage account's key (`Authorization: SharedKey ...`).
 ///
@@ -121,7 +102,7 @@ impl Policy for SharedKeyPolicy {
         next: &[Arc<dyn Policy>],
     ) -> PolicyResult {
         self.authorize(request)?;
-        super::send_next("the Shared Key policy", ctx, request, next).await
+        super::policy::send_next("the Shared Key policy", ctx, request, next).await
     }
 }
 

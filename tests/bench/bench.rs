@@ -28,8 +28,8 @@ mod proxy;
 mod sink;
 
 use azure_core::credentials::Secret;
-use azure_queue_sidecar::auth::Credential;
-use azure_queue_sidecar::queue::{Queue, QueueConnector};
+use azure_queue_sidecar::testing::Credential;
+use azure_queue_sidecar::testing::{Queue, QueueConnector};
 use feeder::{message_text, Feeder};
 use procfs::{CpuSample, MachineSample, Memory};
 use proxy::Proxy;
@@ -257,10 +257,10 @@ async fn run() {
     let load_before = procfs::loadavg();
     eprintln!("[bench] load average before: {load_before}");
 
-    azure_queue_sidecar::runtime::install_crypto_provider();
+    azure_queue_sidecar::testing::install_crypto_provider();
     let credential =
         Credential::shared_key(ACCOUNT.to_string(), Secret::new(KEY)).expect("dev key");
-    let http = azure_queue_sidecar::queue::http_client("bench").expect("http client");
+    let http = azure_queue_sidecar::testing::http_client().expect("http client");
     let connector = QueueConnector::new(credential, http);
 
     let consumed = Arc::new(AtomicU64::new(0));

@@ -5,7 +5,7 @@
 //! consumer. The feeder keeps `sent - consumed` at `depth` (consumed = distinct deliveries at
 //! the sink, or deletes in the baseline), with a few Put Message calls in flight.
 
-use azure_queue_sidecar::queue::Queue;
+use azure_queue_sidecar::testing::Queue;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

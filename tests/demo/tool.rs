@@ -5,9 +5,8 @@
 //! - `demo-tool echo <port>`: an HTTP endpoint that prints every CloudEvent it receives and
 //!   answers 200 — a stand-in for your application.
 
-use azure_queue_sidecar::auth::{connection_string, Credential};
-use azure_queue_sidecar::queue::{http_client, QueueConnector};
-use azure_queue_sidecar::runtime;
+use azure_queue_sidecar::testing::{connection_string, Credential};
+use azure_queue_sidecar::testing::{http_client, QueueConnector};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::server::conn::http1;
@@ -33,7 +32,7 @@ async fn main() -> ExitCode {
 }
 
 async fn send(queue_name: &str, texts: &[String]) -> Result<(), String> {
-    runtime::install_crypto_provider();
+    azure_queue_sidecar::testing::install_crypto_provider();
     let raw = std::env::var("AZURE_STORAGE_CONNECTION_STRING")
         .unwrap_or_else(|_| "UseDevelopmentStorage=true".into());
     let parsed = connection_string::parse(&raw).map_err(|e| e.to_string())?;
@@ -47,7 +46,7 @@ async fn send(queue_name: &str, texts: &[String]) -> Result<(), String> {
     };
     let path = format!("{}/{queue_name}", service.path().trim_end_matches('/'));
     service.set_path(&path);
-    let http = http_client("demo-tool").map_err(|e| e.to_string())?;
+    let http = http_client().map_err(|e| e.to_string())?;
     let queue = QueueConnector::new(credential, http)
         .queue(service)
         .map_err(|e| e.to_string())?;

@@ -13,9 +13,8 @@
 
 use super::{azurite_bin, free_port, wait_until, Output, ACCOUNT, KEY};
 use azure_core::credentials::Secret;
-use azure_queue_sidecar::auth::Credential;
-use azure_queue_sidecar::queue::{Queue, QueueConnector};
-use azure_queue_sidecar::runtime;
+use azure_queue_sidecar::testing::Credential;
+use azure_queue_sidecar::testing::{Queue, QueueConnector};
 use base64::Engine;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -127,7 +126,7 @@ impl TestPki {
 
     /// A TLS acceptor serving the 127.0.0.1 certificate.
     pub fn acceptor(&self) -> TlsAcceptor {
-        runtime::install_crypto_provider();
+        azure_queue_sidecar::testing::install_crypto_provider();
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(self.cert_file())
             .expect("server.pem")
             .collect::<Result<_, _>>()
@@ -142,7 +141,7 @@ impl TestPki {
 
     /// A reqwest client for the test's own calls that trusts this CA.
     pub fn http_client(&self) -> reqwest::Client {
-        runtime::install_crypto_provider();
+        azure_queue_sidecar::testing::install_crypto_provider();
         let ca = reqwest::Certificate::from_pem(self.ca_pem().as_bytes()).expect("ca");
         reqwest::Client::builder()
             .tls_certs_merge([ca])

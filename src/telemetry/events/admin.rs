@@ -1,6 +1,6 @@
 //! The admin server (probes, metrics) and what the liveness probe decides.
 
-use super::{labels, InternalEvent};
+use super::internal::{labels, InternalEvent};
 use crate::telemetry::health::Probe;
 use crate::telemetry::metrics::metrics;
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 //! request failure is logged once per outage, each failed endpoint attempt only while the
 //! identity was working, and the first token after an outage says how many requests failed.
 
-use super::{labels, InternalEvent};
+use super::internal::{labels, InternalEvent};
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::tracker::Tracker;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The receive loop: its heartbeat, the pause while the endpoint is down, and shutdown.
 
-use super::{millis, InternalEvent};
+use super::internal::{millis, InternalEvent};
 use crate::telemetry::health::health;
 use crate::telemetry::metrics::{metrics, ShutdownPhase};
 use std::time::{Duration, Instant};

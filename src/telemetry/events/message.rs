@@ -1,7 +1,7 @@
 //! One message's life: mapped, delivered (or not), retried, deleted, renewed, released.
 
+use super::internal::{labels, millis, InternalEvent};
 use super::queue::queue_answered;
-use super::{labels, millis, InternalEvent};
 use crate::telemetry::health::{health, EndpointTransition};
 use crate::telemetry::metrics::metrics;
 use std::fmt::Display;

@@ -23,6 +23,7 @@
 
 mod admin;
 mod identity;
+mod internal;
 mod lifecycle;
 mod message;
 mod poison;
@@ -30,6 +31,7 @@ mod queue;
 
 pub use admin::{AdminConnectionFailed, AdminServerStarted, LivenessChanged};
 pub use identity::{TokenAcquired, TokenEndpointAttemptFailed, TokenRequestFailed};
+pub use internal::InternalEvent;
 pub use lifecycle::{
     DrainFinished, EndpointDown, EndpointUp, PumpHeartbeat, ShutdownStarted, StopNowRequested,
 };
@@ -43,23 +45,3 @@ pub use queue::{
     QueueCallCompleted, QueueCallFailed, QueueCallRetried, QueueFailure, QueueLengthFailed,
     QueueLengthObserved, ReceiveFailed, ReceiveSucceeded,
 };
-
-use std::time::Duration;
-
-/// Something that happened, worth a log line and a metric.
-pub trait InternalEvent {
-    fn emit(self);
-}
-
-/// A duration as whole milliseconds, for `*_ms` log fields.
-fn millis(duration: Duration) -> u64 {
-    duration.as_millis().min(u128::from(u64::MAX)) as u64
-}
-
-/// A metric label set from label values.
-fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> super::metrics::Labels {
-    pairs
-        .into_iter()
-        .map(|(name, value)| (name, value.to_string()))
-        .collect()
-}

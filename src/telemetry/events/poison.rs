@@ -1,6 +1,6 @@
 //! The poison queue, and the features that fall back when a permission is missing.
 
-use super::{labels, InternalEvent};
+use super::internal::{labels, InternalEvent};
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::tracker::Tracker;
 use std::fmt::Display;

@@ -1,6 +1,6 @@
 //! Queue calls: answers, failures, retries, latency, and the queue-length poll.
 
-use super::{labels, millis, InternalEvent};
+use super::internal::{labels, millis, InternalEvent};
 use crate::telemetry::health::{health, QueueTransition};
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::tracker::Tracker;

@@ -65,7 +65,9 @@ pub fn help() -> String {
     for v in VARIABLES {
         out.push_str(&format!(
             "    {:width$}  {} [default: {}]\n",
-            v.name, v.meaning, v.default
+            v.name,
+            v.help,
+            v.default.help()
         ));
     }
     out

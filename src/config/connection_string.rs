@@ -1,4 +1,5 @@
-//! Parsing of Azure Storage connection strings (`AZURE_STORAGE_CONNECTION_STRING`).
+//! Parsing of Azure Storage connection strings (`AZURE_STORAGE_CONNECTION_STRING`) and of
+//! account keys: pure parsing, which the credential selection (`auth::select`) calls.
 //!
 //! A connection string is the one value most users already have: the portal, `az storage
 //! account show-connection-string` and Azurite's documentation all hand one out. It is a list of
@@ -12,8 +13,8 @@
 //! expected. They never quote a value: the string holds a key or a SAS token, and error messages
 //! end up in logs.
 
-use super::shared_key::validate_account_key;
 use azure_core::credentials::Secret;
+use base64::Engine as _;
 use std::str::FromStr;
 use url::Url;
 
@@ -26,6 +27,25 @@ const DEV_QUEUE_ENDPOINT: &str = "http://127.0.0.1:10001/devstoreaccount1";
 
 const DEFAULT_PROTOCOL: &str = "https";
 const DEFAULT_ENDPOINT_SUFFIX: &str = "core.windows.net";
+
+/// The account key is not valid base64. Deliberately carries no part of the key: the message
+/// is printed after the name of the variable the key came from.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the account key is not valid base64; expected the key as shown under Access keys in the portal")]
+pub struct InvalidAccountKey;
+
+/// Checks that an account key decodes as base64, as `hmac_sha256` will need it to, so that a
+/// mistyped key fails at startup rather than on every request.
+///
+/// # Errors
+///
+/// [`InvalidAccountKey`] if the key (ignoring surrounding blanks) is empty or not base64.
+pub fn validate_account_key(key: &Secret) -> Result<(), InvalidAccountKey> {
+    match base64::engine::general_purpose::STANDARD.decode(key.secret().trim()) {
+        Ok(bytes) if !bytes.is_empty() => Ok(()),
+        _ => Err(InvalidAccountKey),
+    }
+}
 
 /// The queue-relevant content of a connection string.
 ///

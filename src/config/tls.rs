@@ -7,19 +7,24 @@
 //!   The image sets `SSL_CERT_FILE` to its bundled public roots; a private CA goes into a
 //!   bundle that also holds the public roots, or into a directory named by `SSL_CERT_DIR`.
 //! - `K_CA_CERTS` (Knative) is PEM text trusted for the endpoint only, in addition to the
-//!   above; [`endpoint_roots`] reads it where the endpoint's client is built.
+//!   above; the configuration keeps it (`EndpointConfig::ca_certs`) for the endpoint's client
+//!   (`transport`), so what was checked here is what is used.
 //!
-//! [`validate`] checks all three at start, so a wrong path or a pasted non-certificate fails
+//! [`check`] checks all three at start, so a wrong path or a pasted non-certificate fails
 //! with exit status 2 and the variable's name, not with an opaque TLS error on the first
 //! request (or "no CA certificates were loaded" when the HTTP client is built).
 
-use crate::config::ConfigError;
+use super::values::{ConfigError, Env};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use std::path::Path;
 
-/// Checks `SSL_CERT_FILE`, `SSL_CERT_DIR` and `K_CA_CERTS`.
-pub fn validate(lookup: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+/// Checks `SSL_CERT_FILE`, `SSL_CERT_DIR` and `K_CA_CERTS`; returns the `K_CA_CERTS` PEM.
+pub(super) fn check(env: &Env) -> Result<Option<String>, ConfigError> {
+    validate(&|name| env.get(name))
+}
+
+fn validate(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, ConfigError> {
     if let Some(path) = lookup("SSL_CERT_FILE") {
         let path = path.trim();
         let pem = std::fs::read(path).map_err(|e| {
@@ -43,10 +48,11 @@ pub fn validate(lookup: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigErr
             }
         }
     }
-    if let Some(pem) = lookup("K_CA_CERTS") {
+    let endpoint_pem = lookup("K_CA_CERTS");
+    if let Some(pem) = &endpoint_pem {
         usable_roots(pem.as_bytes()).map_err(|reason| error("K_CA_CERTS", reason))?;
     }
-    Ok(())
+    Ok(endpoint_pem)
 }
 
 fn error(variable: &'static str, expected: String) -> ConfigError {
@@ -67,16 +73,6 @@ fn usable_roots(pem: &[u8]) -> Result<usize, String> {
         );
     }
     Ok(added)
-}
-
-/// The extra roots for the endpoint's client: the certificates in `K_CA_CERTS`, if set. Read
-/// from the process environment here, where the client is built, like the TLS stack reads
-/// `SSL_CERT_FILE`; [`validate`] has checked the value at start.
-pub fn endpoint_roots() -> reqwest::Result<Vec<reqwest::Certificate>> {
-    match std::env::var("K_CA_CERTS") {
-        Ok(pem) if !pem.trim().is_empty() => reqwest::Certificate::from_pem_bundle(pem.as_bytes()),
-        _ => Ok(Vec::new()),
-    }
 }
 
 #[cfg(test)]
@@ -106,7 +102,7 @@ tL4ndQavEi51mI38AjEAi/V3bNTIZargCyzuFJ0nN6T5U6VR5CmD1/iQMVtCnwr1
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        validate(&move |name| map.get(name).cloned())
+        validate(&move |name| map.get(name).cloned()).map(drop)
     }
 
     #[test]

@@ -17,11 +17,11 @@
 //! Nothing secret is printed: queue errors are redacted at the source, and URLs go through
 //! [`redact::url`].
 
-use crate::config::Config;
+use super::bootstrap::{block_on, Settings, USAGE_ERROR};
 use crate::delivery::{Deliverer, Failure};
-use crate::queue::{Queue, QueueError, QueueErrorKind};
+use crate::queue::{Queue, QueueConnector, QueueError, QueueErrorKind};
 use crate::redact;
-use crate::runtime::{self, USER_AGENT};
+use crate::transport::Clients;
 use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -90,22 +90,35 @@ impl fmt::Display for Check {
     }
 }
 
-/// Runs every check for `config`; the configuration line comes first.
-pub async fn run_checks(config: &Config) -> Vec<Check> {
+/// Runs every check for `settings`; the configuration line comes first.
+pub async fn run_checks(settings: &Settings) -> Vec<Check> {
     let mut checks = vec![Check::new(
         Status::Ok,
         "configuration",
         format!(
             "queue {}, auth {}, endpoint {}",
-            redact::url(&config.storage.queue_url),
-            config.storage.credential.kind(),
-            redact::url(&config.endpoint)
+            redact::url(&settings.storage.queue_url),
+            settings.storage.credential.kind(),
+            redact::url(&settings.config.endpoint.url)
         ),
     )];
+    let clients = match settings.clients() {
+        Ok(clients) => clients,
+        Err(error) => {
+            let cannot = format!("cannot build the client: {error}");
+            checks.push(Check::new(Status::Fail, "queue service", cannot.clone()));
+            checks.push(poison_skipped(settings).unwrap_or_else(|| {
+                Check::new(Status::Warn, "poison queue", "cannot build the client")
+            }));
+            checks.push(Check::new(Status::Fail, "endpoint", cannot));
+            return checks;
+        }
+    };
+    let queues = settings.queues(&clients);
     let (queue, poison, endpoint) = tokio::join!(
-        check_queue(config),
-        check_poison_queue(config),
-        check_endpoint(config)
+        check_queue(settings, &queues),
+        check_poison_queue(settings, &queues),
+        check_endpoint(settings, &clients)
     );
     checks.extend(queue);
     checks.push(poison);
@@ -124,35 +137,29 @@ pub fn exit_status(checks: &[Check]) -> ExitCode {
 
 /// The `check` command: reads the environment, prints the report, returns the exit status.
 pub fn main() -> ExitCode {
-    let config = match Config::from_env() {
-        Ok(config) => config,
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
         Err(error) => {
             println!(
                 "{}",
                 Check::new(Status::Fail, "configuration", error.to_string())
             );
-            return ExitCode::from(2);
+            return ExitCode::from(USAGE_ERROR);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("azure-queue-sidecar: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
+    match block_on(run_checks(&settings)) {
+        Ok(checks) => {
+            for check in &checks {
+                println!("{check}");
+            }
+            exit_status(&checks)
         }
-    };
-    let checks = runtime.block_on(run_checks(&config));
-    for check in &checks {
-        println!("{check}");
+        Err(code) => code,
     }
-    exit_status(&checks)
 }
 
-async fn check_queue(config: &Config) -> Vec<Check> {
-    let queue = match runtime::queue_client(config) {
+async fn check_queue(settings: &Settings, queues: &QueueConnector) -> Vec<Check> {
+    let queue = match queues.queue(settings.storage.queue_url.clone()) {
         Ok(queue) => queue,
         Err(error) => {
             return vec![Check::new(
@@ -163,7 +170,7 @@ async fn check_queue(config: &Config) -> Vec<Check> {
         }
     };
     let result = properties(&queue).await;
-    queue_report(&queue, config.storage.credential.kind(), result)
+    queue_report(&queue, settings.storage.credential.kind(), result)
 }
 
 /// The properties call, bounded; `Err(None)` means it timed out.
@@ -176,22 +183,15 @@ async fn properties(queue: &Queue) -> Result<u64, Option<QueueError>> {
 
 /// Whether the poison queue is there when a message needs it. Never a failure: deliveries work
 /// without it, but a message that exhausts its attempts then stays in the main queue.
-async fn check_poison_queue(config: &Config) -> Check {
+async fn check_poison_queue(settings: &Settings, queues: &QueueConnector) -> Check {
     const NAME: &str = "poison queue";
-    let retry = &config.retry;
-    if retry.max_dequeue_count == 0 {
-        return Check::new(
-            Status::Skip,
-            NAME,
-            "MAX_DEQUEUE_COUNT=0: messages are never poisoned",
-        );
+    let retry = &settings.config.retry;
+    if let Some(skipped) = poison_skipped(settings) {
+        return skipped;
     }
-    let queue = match runtime::connector(config)
-        .ok()
-        .and_then(|connector| connector.queue(retry.poison_queue_url.clone()).ok())
-    {
-        Some(queue) => queue,
-        None => return Check::new(Status::Warn, NAME, "cannot build the client"),
+    let queue = match queues.queue(settings.storage.poison_queue_url.clone()) {
+        Ok(queue) => queue,
+        Err(_) => return Check::new(Status::Warn, NAME, "cannot build the client"),
     };
     let name = &retry.poison_queue_name;
     match properties(&queue).await {
@@ -234,6 +234,17 @@ async fn check_poison_queue(config: &Config) -> Check {
         Err(Some(error)) => Check::new(Status::Warn, NAME, format!("{name}: {error}")),
         Err(None) => Check::new(Status::Skip, NAME, "the queue service did not answer"),
     }
+}
+
+/// The poison queue line when there is nothing to check: messages are never poisoned.
+fn poison_skipped(settings: &Settings) -> Option<Check> {
+    (settings.config.retry.max_dequeue_count == 0).then(|| {
+        Check::new(
+            Status::Skip,
+            "poison queue",
+            "MAX_DEQUEUE_COUNT=0: messages are never poisoned",
+        )
+    })
 }
 
 /// Three lines (service, credentials, queue) from the one properties call's result; `None` as
@@ -330,18 +341,10 @@ fn is_permission_error(error: &QueueError) -> bool {
             .is_some_and(|code| PERMISSION_CODES.contains(&code))
 }
 
-async fn check_endpoint(config: &Config) -> Check {
-    let url = redact::url(&config.endpoint);
-    let deliverer = match Deliverer::new(config.endpoint.clone(), config.http_timeout, USER_AGENT) {
-        Ok(deliverer) => deliverer,
-        Err(error) => {
-            return Check::new(
-                Status::Fail,
-                "endpoint",
-                format!("cannot build the client: {error}"),
-            )
-        }
-    };
+async fn check_endpoint(settings: &Settings, clients: &Clients) -> Check {
+    let endpoint = &settings.config.endpoint;
+    let url = redact::url(&endpoint.url);
+    let deliverer = Deliverer::new(clients.endpoint.clone(), endpoint);
     match deliverer.probe().await {
         Ok(()) => Check::new(Status::Ok, "endpoint", format!("{url} accepts connections")),
         Err(failure) => {

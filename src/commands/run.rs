@@ -1,0 +1,199 @@
+//! The sidecar itself (no arguments): configuration, logging, signals, the pump, and the
+//! one-line summary at exit.
+//!
+//! Exit status: 0 after a clean shutdown, 2 for a configuration error (reported in one line
+//! before any network call), 1 if the sidecar could not start.
+//!
+//! This is where the parts are put together: the clients from the transport, the queue
+//! clients, the pipeline (pump and handler) from `pipeline::build`, and around the pump the
+//! admin server (probes, metrics) and the queue-length poll. SIGTERM/SIGINT become a shutdown,
+//! a second one "stop now".
+
+use super::bootstrap::{block_on, Settings, USAGE_ERROR};
+use crate::admin::{AdminServer, BindError};
+use crate::config::format_duration;
+use crate::delivery::Deliverer;
+use crate::event::EventMapper;
+use crate::poison::PoisonQueue;
+use crate::pump::{stall_limit, Pump, PumpSettings, Summary};
+use crate::queue::{QueueConnector, QueueError};
+use crate::queue_length;
+use crate::redact;
+use crate::retry::RetryPolicy;
+use crate::shutdown::{self, Shutdown};
+use crate::telemetry::events::{InternalEvent, ShutdownStarted};
+use crate::telemetry::{self, health::health};
+use crate::transport::Clients;
+use crate::worker::Worker;
+use std::process::ExitCode;
+use tracing::{error, info};
+
+/// What can stop the sidecar from starting once the configuration is valid.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("could not build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Admin(#[from] BindError),
+}
+
+/// The sidecar: runs until a signal, then drains; the exit status.
+pub fn main() -> ExitCode {
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("azure-queue-sidecar: configuration error: {error}");
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    telemetry::init(
+        settings.config.log.json(),
+        &settings.config.log.directives(),
+    );
+    block_on(async move {
+        let (trigger, listener) = shutdown::channel();
+        tokio::spawn(async move {
+            let mut signals = match shutdown::Signals::new() {
+                Ok(signals) => signals,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for signals; stopping");
+                    trigger.trigger();
+                    return;
+                }
+            };
+            let signal = signals.next().await;
+            info!(
+                signal,
+                "shutdown requested: no new messages, finishing deliveries in progress (send it again to stop now)"
+            );
+            trigger.trigger();
+            // A second signal during the drain: stop now (the pump says what it cuts off).
+            let signal = signals.next().await;
+            info!(signal, "second signal: stopping now");
+            trigger.stop_now();
+        });
+        match run(&settings, listener).await {
+            Ok(summary) => {
+                info!(
+                    received = summary.received,
+                    delivered = summary.delivered,
+                    delivered_not_deleted = summary.delivered_not_deleted,
+                    redeliveries_avoided = summary.redeliveries_avoided,
+                    retries_scheduled = summary.retries_scheduled,
+                    poisoned = summary.poisoned,
+                    poisoned_not_deleted = summary.poisoned_not_deleted,
+                    released = summary.released,
+                    left = summary.left,
+                    "stopped"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!(error = %e, "cannot start");
+                ExitCode::FAILURE
+            }
+        }
+    })
+    .unwrap_or_else(|code| code)
+}
+
+/// Builds the pump and its parts, without any network call.
+fn build(
+    settings: &Settings,
+    clients: &Clients,
+    queues: &QueueConnector,
+) -> Result<Pump, StartError> {
+    let Settings { config, storage } = settings;
+    let queue = queues.queue(storage.queue_url.clone())?;
+    let deliverer = Deliverer::new(clients.endpoint.clone(), &config.endpoint);
+    let poison = PoisonQueue::new(
+        queues.queue(storage.poison_queue_url.clone())?,
+        config.retry.create_poison_queue,
+    );
+    let worker = Worker::new(
+        queue.clone(),
+        poison,
+        EventMapper::new(
+            config.event.clone(),
+            config.event.source_or(&storage.queue_url),
+        ),
+        deliverer,
+        RetryPolicy::from_config(&config.retry),
+        config.visibility_timeout,
+    );
+    Ok(Pump::new(queue, worker, PumpSettings::from_config(config)))
+}
+
+/// Runs the sidecar until `shutdown` fires; returns what it did.
+pub async fn run(settings: &Settings, shutdown: Shutdown) -> Result<Summary, StartError> {
+    let config = &settings.config;
+    let clients = settings.clients()?;
+    let queues = settings.queues(&clients);
+    let pump = build(settings, &clients, &queues)?;
+    health().set_stall_limit(stall_limit(config.poll.max_interval));
+    // Bound before the pump starts: a port conflict is a start error, not a silent gap.
+    let _admin = match config.ops.admin_addr {
+        Some(addr) => Some(AdminServer::start(addr).await?),
+        None => None,
+    };
+    let queue_length = match config.ops.queue_length_interval {
+        Some(interval) => Some(queue_length::spawn(
+            queues.queue(settings.storage.queue_url.clone())?,
+            interval,
+            shutdown.clone(),
+        )),
+        None => None,
+    };
+    let mut stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.wait().await;
+        ShutdownStarted.emit();
+    });
+    log_start(settings);
+    let summary = pump.run(shutdown).await;
+    if let Some(task) = queue_length {
+        task.abort();
+    }
+    // The admin server answered through the drain; it stops when `_admin` drops here.
+    Ok(summary)
+}
+
+/// One line with the effective configuration; secrets are reduced to their kind.
+fn log_start(settings: &Settings) {
+    let Settings { config, storage } = settings;
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        queue = %storage.queue_url,
+        auth = storage.credential.kind(),
+        endpoint = %redact::url(&config.endpoint.url),
+        ce_mode = ?config.event.mode,
+        ce_type = %config.event.ce_type,
+        ce_source = %config.event.source_or(&storage.queue_url),
+        decode_base64 = config.event.decode_base64,
+        ce_passthrough = config.event.passthrough,
+        eventgrid_schema = ?config.event.event_grid,
+        batch_size = config.batch_size,
+        max_in_flight = config.max_in_flight,
+        visibility_timeout = %format_duration(config.visibility_timeout),
+        poll_min_interval = %format_duration(config.poll.min_interval),
+        poll_max_interval = %format_duration(config.poll.max_interval),
+        http_timeout = %format_duration(config.endpoint.timeout),
+        retry_base_delay = %format_duration(config.retry.base_delay),
+        retry_max_delay = %format_duration(config.retry.max_delay),
+        max_dequeue_count = config.retry.max_dequeue_count,
+        poison_queue = %config.retry.poison_queue_name,
+        create_poison_queue = config.retry.create_poison_queue,
+        shutdown_timeout = %format_duration(config.shutdown_timeout),
+        admin_addr = %config
+            .ops
+            .admin_addr
+            .map_or_else(|| "off".to_string(), |addr| addr.to_string()),
+        queue_length_interval = %config
+            .ops
+            .queue_length_interval
+            .map_or_else(|| "off".to_string(), format_duration),
+        "azure-queue-sidecar started"
+    );
+}
