@@ -42,20 +42,15 @@ pub mod auth;
 pub mod backoff;
 pub mod commands;
 pub mod config;
-pub mod delivery;
 pub mod error_text;
-pub mod event;
-pub mod poison;
-pub mod pump;
+pub mod pipeline;
 pub mod queue;
 pub mod queue_length;
 pub mod redact;
-pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
 pub mod transport;
-pub mod worker;
 
 pub use commands::main;

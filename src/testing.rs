@@ -17,8 +17,8 @@ pub use crate::config::{
     format_duration, parse_duration, Config, ConfigError, ContentMode, EventConfig,
     EventGridSchema, Variable, VARIABLES,
 };
-pub use crate::delivery::parse_retry_after;
-pub use crate::event::{is_json, EventMapper, HttpPayload, Origin, JSON, STRUCTURED};
+pub use crate::pipeline::endpoint::parse_retry_after;
+pub use crate::pipeline::event::{is_json, EventMapper, HttpPayload, Origin, JSON, STRUCTURED};
 pub use crate::queue::{Queue, QueueConnector, QueueError, ReceivedMessage};
 pub use crate::transport::install_crypto_provider;
 

@@ -54,7 +54,7 @@ SCHEMA_FILE = "compose-spec.json"
 AZURITE, CREATOR, SIDECAR, APP = "azurite", "create-queue", "sidecar", "event-display"
 # event_display listens on 8080 (the CloudEvents Go SDK's default port).
 APP_PORT = 8080
-# pump.rs: a receive under way at SIGTERM may finish for RECEIVE_GRACE before the drain's
+# src/pipeline/pump.rs: a receive under way at SIGTERM may finish for RECEIVE_GRACE before the drain's
 # SHUTDOWN_TIMEOUT starts; after it, deliveries that were cut off get RELEASE_GRACE to release
 # their messages before the sidecar exits (the same figures as tests/deploy_check.py).
 RECEIVE_GRACE_SECONDS = 5

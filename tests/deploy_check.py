@@ -18,7 +18,7 @@ import yaml
 
 SIDECAR = "azure-queue-sidecar"
 ADMIN_PORT = 9464
-# pump.rs: a receive under way at SIGTERM may finish for this long (RECEIVE_GRACE) before the
+# src/pipeline/pump.rs: a receive under way at SIGTERM may finish for this long (RECEIVE_GRACE) before the
 # drain's SHUTDOWN_TIMEOUT starts; after it, deliveries that were cut off get RELEASE_GRACE to
 # release their messages before the sidecar exits.
 RECEIVE_GRACE_SECONDS = 5

@@ -172,8 +172,15 @@ def expand_use(tree, prefix=()):
 class Crate:
     def __init__(self):
         self.files = {}
+        test_only = set()
         for path in sorted(SRC.rglob("*.rs")):
-            self.files[module_name(path)] = drop_test_items(strip(path.read_text()))
+            name, code = module_name(path), strip(path.read_text())
+            # `#[cfg(test)] mod tests;`: the child file is test code, left out like the rest.
+            for child in re.findall(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;", code):
+                test_only.add(child if name in ("crate", "main") else f"{name}::{child}")
+            self.files[name] = drop_test_items(code)
+        for name in test_only:
+            self.files.pop(name, None)
         self.modules = set(self.files)
         self.children = {m: set() for m in self.modules}
         for m, code in self.files.items():

@@ -18,7 +18,7 @@
 //! [`redact::url`].
 
 use super::bootstrap::{block_on, Settings, USAGE_ERROR};
-use crate::delivery::{Deliverer, Failure};
+use crate::pipeline::endpoint::{Deliverer, Failure};
 use crate::queue::{Queue, QueueConnector, QueueError, QueueErrorKind};
 use crate::redact;
 use crate::transport::Clients;

@@ -4,27 +4,21 @@
 //! Exit status: 0 after a clean shutdown, 2 for a configuration error (reported in one line
 //! before any network call), 1 if the sidecar could not start.
 //!
-//! This is where the parts are put together: the clients from the transport, the queue
-//! clients, the pipeline (pump and handler) from `pipeline::build`, and around the pump the
-//! admin server (probes, metrics) and the queue-length poll. SIGTERM/SIGINT become a shutdown,
+//! This is where the parts are put together: the clients from the bootstrap, the pipeline
+//! (pump and handler) from [`pipeline::build`], and around the pump the admin server (probes,
+//! metrics) and the queue-length poll. SIGTERM/SIGINT become a shutdown,
 //! a second one "stop now".
 
 use super::bootstrap::{block_on, Settings, USAGE_ERROR};
 use crate::admin::{AdminServer, BindError};
 use crate::config::format_duration;
-use crate::delivery::Deliverer;
-use crate::event::EventMapper;
-use crate::poison::PoisonQueue;
-use crate::pump::{stall_limit, Pump, PumpSettings, Summary};
-use crate::queue::{QueueConnector, QueueError};
+use crate::pipeline::{self, pump::stall_limit, pump::Summary};
+use crate::queue::QueueError;
 use crate::queue_length;
 use crate::redact;
-use crate::retry::RetryPolicy;
 use crate::shutdown::{self, Shutdown};
 use crate::telemetry::events::{InternalEvent, ShutdownStarted};
 use crate::telemetry::{self, health::health};
-use crate::transport::Clients;
-use crate::worker::Worker;
 use std::process::ExitCode;
 use tracing::{error, info};
 
@@ -99,39 +93,12 @@ pub fn main() -> ExitCode {
     .unwrap_or_else(|code| code)
 }
 
-/// Builds the pump and its parts, without any network call.
-fn build(
-    settings: &Settings,
-    clients: &Clients,
-    queues: &QueueConnector,
-) -> Result<Pump, StartError> {
-    let Settings { config, storage } = settings;
-    let queue = queues.queue(storage.queue_url.clone())?;
-    let deliverer = Deliverer::new(clients.endpoint.clone(), &config.endpoint);
-    let poison = PoisonQueue::new(
-        queues.queue(storage.poison_queue_url.clone())?,
-        config.retry.create_poison_queue,
-    );
-    let worker = Worker::new(
-        queue.clone(),
-        poison,
-        EventMapper::new(
-            config.event.clone(),
-            config.event.source_or(&storage.queue_url),
-        ),
-        deliverer,
-        RetryPolicy::from_config(&config.retry),
-        config.visibility_timeout,
-    );
-    Ok(Pump::new(queue, worker, PumpSettings::from_config(config)))
-}
-
 /// Runs the sidecar until `shutdown` fires; returns what it did.
 pub async fn run(settings: &Settings, shutdown: Shutdown) -> Result<Summary, StartError> {
     let config = &settings.config;
     let clients = settings.clients()?;
     let queues = settings.queues(&clients);
-    let pump = build(settings, &clients, &queues)?;
+    let pump = pipeline::build(config, &settings.storage, clients.endpoint.clone(), &queues)?;
     health().set_stall_limit(stall_limit(config.poll.max_interval));
     // Bound before the pump starts: a port conflict is a start error, not a silent gap.
     let _admin = match config.ops.admin_addr {

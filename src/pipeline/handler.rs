@@ -33,7 +33,7 @@
 //!
 //! When the delete after a 2xx fails for good (the lease was lost, often to that unknowable
 //! receipt, or the queue refused deletes for longer than [`DELETE_PATIENCE`]), the message
-//! comes back. The worker remembers such message ids ([`Acknowledged`]) for
+//! comes back. The handler remembers such message ids ([`Acknowledged`]) for
 //! [`ACKNOWLEDGED_RETENTION`]: if the message comes back to this process, it is deleted with
 //! its new receipt instead of being POSTed again. Only another replica (or this one after a
 //! restart) can deliver it twice.
@@ -41,14 +41,14 @@
 //! On a hard stop (the shutdown timeout passed, or a second signal), a POST in progress is
 //! abandoned and its message released (made visible at once) for another replica.
 
-use crate::delivery::{Deliverer, Failure, Outcome};
-use crate::event::EventMapper;
-use crate::event::Notice;
-use crate::poison::{envelope, PoisonQueue};
+use crate::pipeline::endpoint::{Deliverer, EndpointGate, Failure, Outcome};
+use crate::pipeline::event::EventMapper;
+use crate::pipeline::event::Notice;
+use crate::pipeline::poison::{envelope, PoisonQueue};
+use crate::pipeline::policy::{Decision, PoisonReason, RetryPolicy};
 use crate::queue::{
     Budget, Deleted, Leased, Operation, Queue, QueueError, QueueErrorKind, ReceivedMessage,
 };
-use crate::retry::{Decision, PoisonReason, RetryPolicy};
 use crate::shutdown::{self, Shutdown};
 use crate::telemetry::events::{
     Base64EventNoticed, Degraded, DeliveryAttempted, InFlightChanged, InternalEvent,
@@ -57,13 +57,11 @@ use crate::telemetry::events::{
     RetryScheduled,
 };
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
-/// Consecutive connection failures after which the endpoint counts as down.
-pub const ENDPOINT_DOWN_AFTER: u32 = 3;
 /// Queue calls on a leased message stop this long before the (estimated) end of the lease.
 /// The estimate already errs early: it counts from when the call was sent.
 const LEASE_MARGIN: Duration = Duration::from_millis(500);
@@ -103,56 +101,6 @@ pub enum Disposition {
     Released,
     /// Not delivered and left as it was: it reappears when its lease expires.
     Left,
-}
-
-/// Tracks consecutive connection failures so the pump can pause while the endpoint is down.
-#[derive(Debug, Default)]
-pub struct EndpointGate {
-    consecutive_failures: AtomicU32,
-    last_error: Mutex<String>,
-}
-
-impl EndpointGate {
-    fn record(&self, outcome: &Outcome) {
-        match outcome {
-            Outcome::Retryable {
-                failure: Failure::Connection(error),
-                ..
-            } => {
-                self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut last) = self.last_error.lock() {
-                    last.clone_from(error);
-                }
-            }
-            // A request that could not be built says nothing about the endpoint.
-            Outcome::Permanent {
-                failure: Failure::Unsendable(_),
-            } => {}
-            // Anything else reached the endpoint (a dropped connection was accepted first).
-            _ => self.reset(),
-        }
-    }
-
-    /// Whether the endpoint refused enough connections in a row to stop receiving.
-    pub fn is_down(&self) -> bool {
-        self.consecutive_failures() >= ENDPOINT_DOWN_AFTER
-    }
-
-    pub fn consecutive_failures(&self) -> u32 {
-        self.consecutive_failures.load(Ordering::Relaxed)
-    }
-
-    pub fn last_error(&self) -> String {
-        self.last_error
-            .lock()
-            .map(|e| e.clone())
-            .unwrap_or_default()
-    }
-
-    /// The endpoint answered: count from zero again.
-    pub fn reset(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-    }
 }
 
 /// Ids of messages this process delivered (2xx) but could not delete, so that a message that
@@ -269,7 +217,7 @@ impl Lease {
 
 /// Handles messages. Cheap to clone into each task.
 #[derive(Clone)]
-pub struct Worker {
+pub struct Handler {
     queue: Queue,
     poison: PoisonQueue,
     mapper: Arc<EventMapper>,
@@ -280,7 +228,7 @@ pub struct Worker {
     acknowledged: Arc<Acknowledged>,
 }
 
-impl Worker {
+impl Handler {
     pub fn new(
         queue: Queue,
         poison: PoisonQueue,
@@ -385,7 +333,7 @@ impl Worker {
         &self,
         message: &ReceivedMessage,
         lease: &Lease,
-        payload: crate::event::HttpPayload,
+        payload: crate::pipeline::event::HttpPayload,
         mut hard_stop: Shutdown,
     ) -> Option<(Outcome, Duration)> {
         let (stop_renewing, renewing) = shutdown::channel();
@@ -791,26 +739,5 @@ mod tests {
         let held = acknowledged.delivered_at.lock().expect("lock").len();
         assert_eq!(held, ACKNOWLEDGED_CAPACITY);
         assert!(acknowledged.contains(&(ACKNOWLEDGED_CAPACITY + 9).to_string()));
-    }
-
-    #[test]
-    fn the_gate_closes_after_consecutive_connection_failures_only() {
-        let gate = EndpointGate::default();
-        let refused = Outcome::Retryable {
-            failure: Failure::Connection("Connection refused".into()),
-            retry_after: None,
-        };
-        gate.record(&refused);
-        gate.record(&refused);
-        assert!(!gate.is_down());
-        gate.record(&Outcome::Delivered { status: 200 });
-        gate.record(&refused);
-        gate.record(&refused);
-        assert!(!gate.is_down(), "an answer in between resets the count");
-        gate.record(&refused);
-        assert!(gate.is_down());
-        assert_eq!(gate.last_error(), "Connection refused");
-        gate.reset();
-        assert!(!gate.is_down());
     }
 }

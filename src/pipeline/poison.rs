@@ -17,8 +17,8 @@
 //! The poison queue is created only when `CREATE_POISON_QUEUE=true`; otherwise a missing queue,
 //! like a missing permission, keeps the message in the main queue.
 
+use crate::pipeline::policy::PoisonReason;
 use crate::queue::{Budget, Queue, QueueError, QueueErrorKind, ReceivedMessage};
-use crate::retry::PoisonReason;
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -60,7 +60,7 @@ pub fn envelope(
 ) -> String {
     let format = |t: OffsetDateTime| t.format(&Rfc3339).ok();
     let status = match reason.failure() {
-        Some(crate::delivery::Failure::Status(status)) => Some(*status),
+        Some(crate::pipeline::endpoint::Failure::Status(status)) => Some(*status),
         _ => None,
     };
     let document = json!({
@@ -131,7 +131,7 @@ fn classify(error: QueueError) -> PoisonError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::Failure;
+    use crate::pipeline::endpoint::Failure;
 
     fn message(text: &str) -> ReceivedMessage {
         ReceivedMessage {

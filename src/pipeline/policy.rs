@@ -22,7 +22,7 @@
 use crate::backoff::jittered;
 use crate::config::RetryConfig;
 pub use crate::config::MIN_RETRY_DELAY;
-use crate::delivery::{Failure, Outcome};
+use crate::pipeline::endpoint::{Failure, Outcome};
 use std::time::Duration;
 
 /// Why a message is moved to the poison queue.

@@ -1,4 +1,7 @@
-//! Delivery: one POST of one event to the endpoint, and what its answer means.
+//! The endpoint: one POST of one event and what its answer means ([`Deliverer`]), the probe
+//! of an endpoint that is down, and the gate that pauses receiving meanwhile
+//! ([`EndpointGate`]). Anything a request to the endpoint carries besides the event (trace
+//! context, an authorization header) is added here, in [`Deliverer::deliver`].
 //!
 //! The answer is classified with Knative's delivery rules, so the sidecar behaves like the
 //! event sources the endpoint may already know: 2xx is delivered; 404, 408, 409, 425, 429, 5xx,
@@ -20,7 +23,9 @@
 
 use crate::config::EndpointConfig;
 use crate::error_text;
-use crate::event::HttpPayload;
+use crate::pipeline::event::HttpPayload;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 use time::OffsetDateTime;
 use url::Url;
@@ -227,6 +232,60 @@ impl Deliverer {
     }
 }
 
+/// Consecutive connection failures after which the endpoint counts as down.
+pub const ENDPOINT_DOWN_AFTER: u32 = 3;
+
+/// Tracks consecutive connection failures so the pump can pause while the endpoint is down.
+#[derive(Debug, Default)]
+pub struct EndpointGate {
+    consecutive_failures: AtomicU32,
+    last_error: Mutex<String>,
+}
+
+impl EndpointGate {
+    /// Notes the outcome of a delivery attempt.
+    pub fn record(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Retryable {
+                failure: Failure::Connection(error),
+                ..
+            } => {
+                self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = self.last_error.lock() {
+                    last.clone_from(error);
+                }
+            }
+            // A request that could not be built says nothing about the endpoint.
+            Outcome::Permanent {
+                failure: Failure::Unsendable(_),
+            } => {}
+            // Anything else reached the endpoint (a dropped connection was accepted first).
+            _ => self.reset(),
+        }
+    }
+
+    /// Whether the endpoint refused enough connections in a row to stop receiving.
+    pub fn is_down(&self) -> bool {
+        self.consecutive_failures() >= ENDPOINT_DOWN_AFTER
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+
+    /// The endpoint answered: count from zero again.
+    pub fn reset(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+}
+
 /// Reads what is left of a response, up to a bound, so the connection can go back to the pool.
 async fn drain(mut response: reqwest::Response) {
     let mut read = 0usize;
@@ -397,5 +456,26 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn the_gate_closes_after_consecutive_connection_failures_only() {
+        let gate = EndpointGate::default();
+        let refused = Outcome::Retryable {
+            failure: Failure::Connection("Connection refused".into()),
+            retry_after: None,
+        };
+        gate.record(&refused);
+        gate.record(&refused);
+        assert!(!gate.is_down());
+        gate.record(&Outcome::Delivered { status: 200 });
+        gate.record(&refused);
+        gate.record(&refused);
+        assert!(!gate.is_down(), "an answer in between resets the count");
+        gate.record(&refused);
+        assert!(gate.is_down());
+        assert_eq!(gate.last_error(), "Connection refused");
+        gate.reset();
+        assert!(!gate.is_down());
     }
 }

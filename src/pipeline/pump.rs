@@ -30,13 +30,13 @@
 
 use crate::backoff::Backoff;
 use crate::config::Config;
+use crate::pipeline::handler::{Disposition, Handler};
 use crate::queue::{Batch, Budget, Queue, QueueError, MAX_TRY};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::telemetry::events::{
     DrainFinished, EndpointDown, EndpointUp, InternalEvent, PumpHeartbeat, ReceiveFailed,
     ReceiveSucceeded, StopNowRequested,
 };
-use crate::worker::{Disposition, Worker};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -141,15 +141,15 @@ impl Summary {
 /// The receive loop.
 pub struct Pump {
     queue: Queue,
-    worker: Worker,
+    handler: Handler,
     settings: PumpSettings,
 }
 
 impl Pump {
-    pub fn new(queue: Queue, worker: Worker, settings: PumpSettings) -> Self {
+    pub fn new(queue: Queue, handler: Handler, settings: PumpSettings) -> Self {
         Self {
             queue,
-            worker,
+            handler,
             settings,
         }
     }
@@ -166,7 +166,7 @@ impl Pump {
 
         'receive: loop {
             PumpHeartbeat.emit();
-            if self.worker.gate().is_down() && !self.wait_for_endpoint(&mut shutdown).await {
+            if self.handler.gate().is_down() && !self.wait_for_endpoint(&mut shutdown).await {
                 break 'receive;
             }
             let mut permits = tokio::select! {
@@ -227,9 +227,9 @@ impl Pump {
             if shutdown.is_stop_now() {
                 // A receive that finished after "stop now": hand the messages back at once.
                 for message in messages {
-                    let worker = self.worker.clone();
+                    let handler = self.handler.clone();
                     tasks.spawn(
-                        async move { worker.release_unstarted(message, leased_until).await },
+                        async move { handler.release_unstarted(message, leased_until).await },
                     );
                 }
                 break 'receive;
@@ -319,7 +319,7 @@ impl Pump {
     /// Probes the endpoint with backoff until it accepts connections. False if shutdown came
     /// first.
     async fn wait_for_endpoint(&self, shutdown: &mut Shutdown) -> bool {
-        let gate = self.worker.gate();
+        let gate = self.handler.gate();
         EndpointDown {
             consecutive_failures: gate.consecutive_failures(),
             last_error: &gate.last_error(),
@@ -332,7 +332,7 @@ impl Pump {
             if shutdown.is_requested() {
                 return false;
             }
-            if self.worker.deliverer().probe().await.is_ok() {
+            if self.handler.deliverer().probe().await.is_ok() {
                 gate.reset();
                 EndpointUp {
                     paused_for: paused_at.elapsed(),
@@ -379,9 +379,9 @@ impl Pump {
         permit: OwnedSemaphorePermit,
         hard_stop: Shutdown,
     ) {
-        let worker = self.worker.clone();
+        let handler = self.handler.clone();
         tasks.spawn(async move {
-            let disposition = worker.handle(message, leased_until, hard_stop).await;
+            let disposition = handler.handle(message, leased_until, hard_stop).await;
             drop(permit);
             disposition
         });

@@ -1,0 +1,60 @@
+//! The message pipeline: from the queue to the endpoint and back.
+//!
+//! - [`pump`]: the receive loop — bounded concurrency, idle backoff, the pause while the
+//!   endpoint is down, graceful drain.
+//! - [`handler`]: one message's life — event, POST with lease renewal, then delete, retry
+//!   later or poison, every queue call bounded by the message's lease.
+//! - [`policy`]: the pure rules after an attempt — delete, retry (when), or poison.
+//! - [`endpoint`]: the endpoint — one POST and the meaning of its answer, the probe of a down
+//!   endpoint, and the gate that pauses receiving. Where requests to the endpoint get their
+//!   headers (trace context, authorization) when they need more than the event's.
+//! - [`event`]: queue message → CloudEvent → HTTP request parts.
+//! - [`poison`]: the poison queue and its envelope format.
+//!
+//! The pump owns the receive side and hands each message to the handler; the handler asks the
+//! policy what to do and carries it out. Nothing here builds a client or reads a variable:
+//! [`build`] gets both from the command that runs the pipeline.
+
+pub mod endpoint;
+pub mod event;
+pub mod handler;
+pub mod poison;
+pub mod policy;
+pub mod pump;
+
+use crate::auth::Storage;
+use crate::config::Config;
+use crate::queue::{QueueConnector, QueueError};
+use endpoint::Deliverer;
+use event::EventMapper;
+use handler::Handler;
+use poison::PoisonQueue;
+use policy::RetryPolicy;
+use pump::{Pump, PumpSettings};
+
+/// The pump and everything it drives, for `config` and `storage`, with POSTs over
+/// `endpoint_client` and queue clients from `queues`. No network call.
+pub fn build(
+    config: &Config,
+    storage: &Storage,
+    endpoint_client: reqwest::Client,
+    queues: &QueueConnector,
+) -> Result<Pump, QueueError> {
+    let queue = queues.queue(storage.queue_url.clone())?;
+    let poison = PoisonQueue::new(
+        queues.queue(storage.poison_queue_url.clone())?,
+        config.retry.create_poison_queue,
+    );
+    let handler = Handler::new(
+        queue.clone(),
+        poison,
+        EventMapper::new(
+            config.event.clone(),
+            config.event.source_or(&storage.queue_url),
+        ),
+        Deliverer::new(endpoint_client, &config.endpoint),
+        RetryPolicy::from_config(&config.retry),
+        config.visibility_timeout,
+    );
+    Ok(Pump::new(queue, handler, PumpSettings::from_config(config)))
+}
