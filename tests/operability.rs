@@ -288,6 +288,75 @@ async fn a_failing_endpoint_is_one_warning_not_one_per_attempt() {
     );
 }
 
+/// Polls `/metrics` until `key` has a sample of at least `min`.
+async fn wait_for_sample(addr: &str, key: &str, min: f64) -> BTreeMap<String, f64> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let m = metrics(addr).await;
+        let done = m.get(&format!("{PREFIX}{key}")).is_some_and(|v| *v >= min);
+        if done || std::time::Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Issue 12: a message that cannot become a request at all (bad base64) and is retried
+/// because poisoning is off is counted as `undeliverable`, not as a delivery failure it never
+/// had (it was counted as `connection`, later as `unsendable`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_undecodable_message_counts_as_undeliverable() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("undecodable").await;
+    let endpoint = Endpoint::ok().await;
+    queue
+        .send("this is %%% not base64", None, None)
+        .await
+        .expect("send");
+    let sidecar = Sidecar::spawn(&with(
+        Sidecar::env(&azurite, "undecodable", &endpoint.url),
+        &[("DECODE_BASE64", "true"), ("MAX_DEQUEUE_COUNT", "0")],
+    ));
+    let key = r#"retries_scheduled_total{failure="undeliverable"}"#;
+    let m = wait_for_sample(sidecar.admin(), key, 1.0).await;
+    assert_eq!(sample(&m, key), 1.0, "{}", sidecar.output.text());
+    assert!(
+        !m.keys().any(
+            |k| k.contains("retries_scheduled_total{failure=\"unsendable\"}")
+                || k.contains("retries_scheduled_total{failure=\"connection\"}")
+        ),
+        "{m:#?}"
+    );
+    assert_eq!(endpoint.count(), 0);
+}
+
+/// Issue 12: a message held back because the poison queue is missing shows in /metrics (it
+/// was only a log line, said once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stuck_behind_a_missing_poison_queue_is_counted() {
+    let azurite = Azurite::start().await;
+    let queue = azurite.create_queue("stuck").await;
+    let endpoint = Endpoint::start(|_, _| Reply::status(422)).await;
+    queue.send("rejected", None, None).await.expect("send");
+    let sidecar = Sidecar::spawn(&with(
+        Sidecar::env(&azurite, "stuck", &endpoint.url),
+        &[("RETRY_BASE_DELAY", "1s"), ("RETRY_MAX_DELAY", "1s")],
+    ));
+    let key = r#"poison_blocked_total{cause="missing"}"#;
+    let m = wait_for_sample(sidecar.admin(), key, 2.0).await;
+    assert!(sample(&m, key) >= 2.0, "every blocked attempt: {m:#?}");
+    assert_eq!(
+        sidecar.output.count_matching("cannot poison"),
+        1,
+        "said once"
+    );
+    assert_eq!(
+        queue.approximate_message_count().await.expect("count"),
+        1,
+        "never dropped"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_passes_and_fails_on_the_right_causes() {
     let azurite = Azurite::start().await;

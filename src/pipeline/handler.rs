@@ -45,7 +45,7 @@ use crate::pipeline::endpoint::{Deliverer, EndpointGate, Failure, Outcome};
 use crate::pipeline::event::EventMapper;
 use crate::pipeline::event::Notice;
 use crate::pipeline::poison::{envelope, PoisonQueue};
-use crate::pipeline::policy::{Decision, PoisonReason, RetryPolicy};
+use crate::pipeline::policy::{retry_label, Decision, PoisonReason, RetryPolicy};
 use crate::queue::{
     Budget, Deleted, Leased, Operation, Queue, QueueError, QueueErrorKind, ReceivedMessage,
 };
@@ -367,7 +367,8 @@ impl Handler {
                 }
             },
             Decision::Retry { delay, failure } => {
-                self.schedule_retry(message, lease, delay, &failure).await
+                self.schedule_retry(message, lease, delay, failure.as_ref())
+                    .await
             }
             Decision::Poison(reason) => self.poison(message, lease, &reason).await,
         }
@@ -515,7 +516,7 @@ impl Handler {
         message: &ReceivedMessage,
         lease: &Lease,
         delay: Duration,
-        failure: &Failure,
+        failure: Option<&Failure>,
     ) -> Disposition {
         let result = self
             .queue
@@ -539,7 +540,7 @@ impl Handler {
         RetryScheduled {
             message_id: &message.id,
             dequeue_count: message.dequeue_count,
-            failure: &failure.label(),
+            failure: &retry_label(failure),
             delay,
         }
         .emit();
@@ -613,12 +614,9 @@ impl Handler {
                     error: &error,
                 }
                 .emit();
-                let failure = reason
-                    .failure()
-                    .cloned()
-                    .unwrap_or_else(|| Failure::Unsendable(reason.describe()));
                 let delay = self.policy.backoff(message.dequeue_count);
-                self.schedule_retry(message, lease, delay, &failure).await
+                self.schedule_retry(message, lease, delay, reason.failure())
+                    .await
             }
         }
     }

@@ -63,11 +63,23 @@ impl PoisonReason {
     }
 }
 
+/// The `retries_scheduled_total` label of a retry: the delivery failure's label, or
+/// `undeliverable` when there was none (see [`Decision::Retry`]).
+pub fn retry_label(failure: Option<&Failure>) -> String {
+    failure.map_or_else(|| "undeliverable".to_string(), Failure::label)
+}
+
 /// The decision after one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Delete,
-    Retry { delay: Duration, failure: Failure },
+    /// Hide the message for `delay`. `failure` is the delivery failure that made the retry
+    /// necessary; `None` for a message that cannot become a request at all (retried only
+    /// because poisoning is off or impossible).
+    Retry {
+        delay: Duration,
+        failure: Option<Failure>,
+    },
     Poison(PoisonReason),
 }
 
@@ -107,11 +119,15 @@ impl RetryPolicy {
         match outcome {
             Outcome::Delivered { .. } => Decision::Delete,
             Outcome::Permanent {
-                failure: Failure::Unsendable(why),
-            } => self.undeliverable(why.clone()),
-            Outcome::Permanent { failure } => {
-                self.poison_or_wait(PoisonReason::Rejected(failure.clone()), failure.clone())
-            }
+                failure: failure @ Failure::Unsendable(why),
+            } => self.poison_or_wait(
+                PoisonReason::Undeliverable(why.clone()),
+                Some(failure.clone()),
+            ),
+            Outcome::Permanent { failure } => self.poison_or_wait(
+                PoisonReason::Rejected(failure.clone()),
+                Some(failure.clone()),
+            ),
             Outcome::Retryable {
                 failure,
                 retry_after,
@@ -126,21 +142,19 @@ impl RetryPolicy {
                 };
                 Decision::Retry {
                     delay,
-                    failure: failure.clone(),
+                    failure: Some(failure.clone()),
                 }
             }
         }
     }
 
-    /// For a message that cannot become an event (or a request) at all.
+    /// For a message that cannot become an event at all (e.g. invalid base64): no delivery
+    /// was attempted, so no delivery failure stands behind a retry.
     pub fn undeliverable(&self, why: String) -> Decision {
-        self.poison_or_wait(
-            PoisonReason::Undeliverable(why.clone()),
-            Failure::Unsendable(why),
-        )
+        self.poison_or_wait(PoisonReason::Undeliverable(why), None)
     }
 
-    fn poison_or_wait(&self, reason: PoisonReason, failure: Failure) -> Decision {
+    fn poison_or_wait(&self, reason: PoisonReason, failure: Option<Failure>) -> Decision {
         if self.poisoning() {
             Decision::Poison(reason)
         } else {
@@ -193,7 +207,7 @@ mod tests {
             p.decide(1, &retryable(429, Some(Duration::from_secs(7)))),
             Decision::Retry {
                 delay: Duration::from_secs(7),
-                failure: Failure::Status(429)
+                failure: Some(Failure::Status(429))
             }
         );
         assert!(matches!(
@@ -287,6 +301,20 @@ mod tests {
             policy(5).decide(1, &unsendable),
             Decision::Poison(PoisonReason::Undeliverable(_))
         ));
+    }
+
+    #[test]
+    fn a_retried_undecodable_message_has_no_delivery_failure_behind_it() {
+        let retry = policy(0).undeliverable("bad base64".into());
+        assert_eq!(
+            retry,
+            Decision::Retry {
+                delay: Duration::from_secs(300),
+                failure: None
+            }
+        );
+        assert_eq!(retry_label(None), "undeliverable");
+        assert_eq!(retry_label(Some(&Failure::Status(503))), "503");
     }
 
     #[test]
