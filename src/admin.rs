@@ -57,7 +57,7 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// The admin server could not listen on `ADMIN_ADDR`.
 #[derive(Debug, thiserror::Error)]
 #[error("ADMIN_ADDR {addr}: cannot listen ({source}); choose a free port or set ADMIN_ADDR=off")]
-pub struct BindError {
+pub(crate) struct BindError {
     pub addr: SocketAddr,
     #[source]
     pub source: std::io::Error,
@@ -65,29 +65,22 @@ pub struct BindError {
 
 /// The running server. Stops when dropped.
 #[derive(Debug)]
-pub struct AdminServer {
-    addr: SocketAddr,
+pub(crate) struct AdminServer {
     task: JoinHandle<()>,
 }
 
 impl AdminServer {
     /// Binds `addr` and serves in a background task. Binding happens here, before the pump
     /// starts, so a port conflict stops the sidecar at once with a clear message.
-    pub async fn start(addr: SocketAddr) -> Result<Self, BindError> {
+    pub(crate) async fn start(addr: SocketAddr) -> Result<Self, BindError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| BindError { addr, source })?;
         let addr = listener.local_addr().unwrap_or(addr);
         AdminServerStarted { addr }.emit();
         Ok(Self {
-            addr,
             task: tokio::spawn(serve(listener)),
         })
-    }
-
-    /// Where the server listens (the real port when `ADMIN_ADDR` asked for port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
     }
 }
 
@@ -265,7 +258,7 @@ async fn serve_connection(stream: TcpStream, activity: Arc<Activity>) {
 
 /// The answer to one request. Pure apart from reading the metrics registry, so the routes are
 /// unit-tested without a socket.
-pub fn respond(
+pub(crate) fn respond(
     method: &Method,
     path: &str,
     health: &Health,

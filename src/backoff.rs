@@ -11,7 +11,7 @@ const JITTER: f64 = 0.2;
 
 /// A doubling delay between `min` and `max`, reset to `min` on progress.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
     current: Duration,
@@ -19,7 +19,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// A backoff whose first step is `min` and whose steps never exceed `max` (before jitter).
-    pub fn new(min: Duration, max: Duration) -> Self {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
         let max = max.max(min);
         Self {
             min,
@@ -29,25 +29,26 @@ impl Backoff {
     }
 
     /// The delay to wait now; the next call returns about twice as much, up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let delay = jittered(self.current);
         self.current = self.current.saturating_mul(2).min(self.max);
         delay
     }
 
     /// Progress was made: start again from the shortest step.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.current = self.min;
     }
 
     /// The un-jittered step the next call to [`Backoff::next_delay`] is based on.
-    pub fn current(&self) -> Duration {
+    #[cfg(test)]
+    pub(crate) fn current(&self) -> Duration {
         self.current
     }
 }
 
 /// `base` scaled by a uniform factor in [0.8, 1.2].
-pub fn jittered(base: Duration) -> Duration {
+pub(crate) fn jittered(base: Duration) -> Duration {
     let factor = 1.0 - JITTER + fastrand::f64() * 2.0 * JITTER;
     base.mul_f64(factor)
 }

@@ -8,7 +8,7 @@ use std::error::Error;
 
 /// The error and its sources on one line: reqwest's top-level message alone ("error sending
 /// request") hides the useful part ("connection refused").
-pub fn chain(error: &(dyn Error + 'static)) -> String {
+pub(crate) fn chain(error: &(dyn Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -24,7 +24,7 @@ pub fn chain(error: &(dyn Error + 'static)) -> String {
 
 /// [`chain`] with every line break folded into a space (azure_identity's messages span
 /// several lines).
-pub fn one_line(error: &(dyn Error + 'static)) -> String {
+pub(crate) fn one_line(error: &(dyn Error + 'static)) -> String {
     chain(error)
         .split(['\n', '\r'])
         .map(str::trim)
@@ -35,7 +35,7 @@ pub fn one_line(error: &(dyn Error + 'static)) -> String {
 
 /// The innermost error's message ("Connection refused (os error 111)"), which says more than
 /// reqwest's outer "error sending request for url (...)", and carries no URL.
-pub fn root_cause(error: &(dyn Error + 'static)) -> String {
+pub(crate) fn root_cause(error: &(dyn Error + 'static)) -> String {
     let mut cause = error;
     while let Some(source) = cause.source() {
         cause = source;

@@ -5,52 +5,65 @@
 //!
 //! ## A tour, top-down
 //!
-//! - [`config`]: every environment variable, typed and validated before anything starts.
-//! - [`auth`]: how queue requests are authorized (Shared Key signing, SAS), as `azure_core`
-//!   pipeline policies on the official `azure_storage_queue` client, or with Microsoft Entra ID
-//!   tokens from a workload or managed identity (`azure_identity`).
-//! - [`queue`]: the queue operations we use (receive, delete, update, send, properties), with
-//!   failures classified into what the loop can act on, and the one retry layer of every queue
-//!   call (explicit time budgets; the SDK's own retries are off).
-//! - [`event`]: queue message → CloudEvent → HTTP headers and body (binary or structured):
-//!   JSON kept verbatim, CloudEvents passed through as written, Event Grid events mapped.
-//! - [`delivery`]: one POST and the meaning of its answer.
-//! - [`retry`]: the rules after an attempt — delete, retry later (and when), or poison.
-//! - [`worker`]: one message's life — POST with lease renewal, then delete, retry or poison,
-//!   every queue call bounded by the message's lease.
-//! - [`poison`]: the poison queue and its envelope format.
-//! - [`pump`]: the receive loop — bounded concurrency, idle backoff, pause while the endpoint is
-//!   down, graceful drain.
-//! - [`runtime`]: wiring the parts together from a [`config::Config`].
-//! - [`shutdown`]: the stop signal every long-running task listens to, and the second one
-//!   ("stop now").
-//! - [`telemetry`]: typed events that write the log line and bump the metric together.
-//! - [`backoff`]: randomized exponential backoff, shared by idle polling and fault handling.
-//! - [`admin`]: the HTTP server for `/healthz`, `/readyz` and `/metrics`.
-//! - [`queue_length`]: the approximate-message-count poll behind the backlog gauge.
-//! - [`check`]: the `check` command (configuration, credentials, queue, endpoint).
-//! - [`healthcheck`]: the `healthcheck` command (the local `/healthz`, for Docker's
-//!   `HEALTHCHECK`).
-//! - [`cli`]: the command line: commands, `--help` (generated from the variable table).
-//! - [`trust`]: custom CA trust (`SSL_CERT_FILE`, `SSL_CERT_DIR`, Knative's `K_CA_CERTS`).
+//! Each layer names only the layers below it; `tests/modules.py` prints the graph and fails
+//! CI on a cycle (and when the configuration or telemetry names a domain module).
 //!
-//! The binary (`main.rs`) reads the configuration, installs logging, turns SIGTERM/SIGINT into
-//! a shutdown (a second one into "stop now"), runs the pump and prints a one-line summary.
+//! 1. [`commands`]: what the binary does — [`commands::cli`] parses the arguments and writes
+//!    `--help` from the variable table; [`commands::run`] runs the sidecar (signals, the
+//!    pipeline, the admin server, the queue-length poll, the summary line);
+//!    [`commands::check`] diagnoses a deployment; [`commands::healthcheck`] GETs the local
+//!    probe. They share one [`commands::bootstrap`]: validated settings (configuration and
+//!    selected credential), the HTTP clients, the queue clients, the single-threaded runtime.
+//! 2. [`pipeline`]: the message pipeline — [`pipeline::pump`] (the receive loop: bounded
+//!    concurrency, idle backoff, the pause while the endpoint is down, graceful drain) hands
+//!    each message to [`pipeline::handler`] (one message's life: event, POST with lease
+//!    renewal, then delete, retry or poison), which asks [`pipeline::policy`] (pure rules)
+//!    what to do. [`pipeline::endpoint`] is the endpoint (one POST and what its answer means,
+//!    the probe, the gate that pauses receiving); [`pipeline::event`] turns a message into a
+//!    CloudEvent and HTTP request parts; [`pipeline::poison`] is the poison queue.
+//! 3. [`admin`] serves `/healthz`, `/readyz` and `/metrics` from telemetry's state;
+//!    [`queue_length`] polls the approximate message count for the backlog gauge.
+//! 4. [`queue`]: the queue operations we use, failures classified into what the loop can act
+//!    on, and the one retry layer of every queue call (explicit time budgets; the SDK's own
+//!    retries are off).
+//! 5. [`auth`]: how queue requests are authorized — [`auth::select`] chooses the credential
+//!    from the configuration; Shared Key and SAS are `azure_core` per-try policies,
+//!    [`auth::entra`] gets Microsoft Entra ID tokens from a workload or managed identity.
+//! 6. [`transport`]: every HTTP client (queue, receive pool, token endpoints, endpoint), its
+//!    TLS roots and user agent, from one factory.
+//! 7. [`telemetry`]: typed events, each writing its log line and bumping its metric together;
+//!    the one flood control ([`telemetry::tracker`], "report once per change of state"); the
+//!    metrics registry; the state behind the probes; log setup. It names no other module.
+//! 8. [`config`]: every environment variable, typed and validated before anything starts;
+//!    the variable table is the single source of the defaults, `--help` and the README's
+//!    tables. It names no other module but `redact`.
+//! 9. Leaves, naming nothing: [`redact`] (secrets out of text, URLs fit for logs),
+//!    [`error_text`] (an error on one line), [`backoff`] (randomized exponential backoff),
+//!    [`shutdown`] (the stop signal every long-running task listens to, and "stop now").
+//!
+//! ## The public surface
+//!
+//! Everything is crate-private except [`main`], which the binary (`src/main.rs`) calls, and
+//! the hidden `testing` module, which the integration tests, the demo tool and the benchmark
+//! reach (the queue client, the parsers the property tests exercise, the variable table).
+#![warn(unreachable_pub)]
 
-pub mod admin;
-pub mod auth;
-pub mod backoff;
-pub mod commands;
-pub mod config;
-pub mod error_text;
-pub mod pipeline;
-pub mod queue;
-pub mod queue_length;
-pub mod redact;
-pub mod shutdown;
-pub mod telemetry;
+mod admin;
+mod auth;
+mod backoff;
+mod commands;
+mod config;
+mod error_text;
+mod pipeline;
+mod queue;
+mod queue_length;
+mod redact;
+mod shutdown;
+mod telemetry;
 #[doc(hidden)]
 pub mod testing;
-pub mod transport;
+mod transport;
 
+/// Runs the command the arguments (after the program name) ask for and returns the exit
+/// status; see `--help`.
 pub use commands::main;

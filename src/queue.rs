@@ -45,7 +45,7 @@ use url::Url;
 const POP_RECEIPT: HeaderName = HeaderName::from_static("x-ms-popreceipt");
 
 /// The longest a single try may take: the queue client's own request timeout.
-pub const MAX_TRY: Duration = crate::transport::QUEUE_REQUEST_TIMEOUT;
+pub(crate) const MAX_TRY: Duration = crate::transport::QUEUE_REQUEST_TIMEOUT;
 /// A try on a leased message never gets less than this.
 const MIN_TRY: Duration = Duration::from_secs(1);
 /// Of the time left on a lease, a try leaves a third (at most this much) for a retry.
@@ -56,7 +56,7 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// How long a queue call, retries included, may go on.
 #[derive(Debug, Clone, Copy)]
-pub struct Budget {
+pub(crate) struct Budget {
     /// No try starts after this.
     until: Instant,
     per_try: TryBound,
@@ -77,7 +77,7 @@ enum TryBound {
 
 impl Budget {
     /// Tries may start during `window`; each may take up to `per_try`.
-    pub fn retry_for(window: Duration, per_try: Duration) -> Self {
+    pub(crate) fn retry_for(window: Duration, per_try: Duration) -> Self {
         Self {
             until: Instant::now() + window,
             per_try: TryBound::Fixed(per_try),
@@ -88,7 +88,7 @@ impl Budget {
     /// less a reserve for one more, and at least a second. The first try runs even if the
     /// deadline has passed: a pop receipt stays valid after its lease until someone else
     /// receives the message.
-    pub fn until(deadline: Instant) -> Self {
+    pub(crate) fn until(deadline: Instant) -> Self {
         Self {
             until: deadline,
             per_try: TryBound::LeaseBound,
@@ -96,7 +96,8 @@ impl Budget {
     }
 
     /// One try of at most `per_try`.
-    pub fn once(per_try: Duration) -> Self {
+    #[cfg(test)]
+    pub(crate) fn once(per_try: Duration) -> Self {
         Self {
             until: Instant::now(),
             per_try: TryBound::Fixed(per_try),
@@ -121,7 +122,7 @@ impl Budget {
 
 /// How a Delete ended well.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deleted {
+pub(crate) enum Deleted {
     /// The service confirmed it.
     Now,
     /// A retry found the message gone after a try whose answer was lost: that try deleted it.
@@ -131,7 +132,7 @@ pub enum Deleted {
 /// A lease after Update Message: the new pop receipt and until when (at least) the message
 /// stays invisible, counted from when the successful try was sent.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Leased {
+pub(crate) struct Leased {
     pub pop_receipt: String,
     pub until: Instant,
 }
@@ -147,7 +148,7 @@ impl fmt::Debug for Leased {
 /// Messages from one Get Messages call, leased until (at least) `leased_until`: the instant the
 /// successful try was sent plus the visibility timeout.
 #[derive(Debug, Clone)]
-pub struct Batch {
+pub(crate) struct Batch {
     pub messages: Vec<ReceivedMessage>,
     pub leased_until: Instant,
 }
@@ -185,7 +186,7 @@ impl fmt::Debug for ReceivedMessage {
 
 /// The queue operation that failed, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Operation {
+pub(crate) enum Operation {
     Receive,
     Delete,
     Update,
@@ -195,7 +196,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Operation::Receive => "receive",
             Operation::Delete => "delete",
@@ -215,7 +216,7 @@ impl fmt::Display for Operation {
 
 /// What kind of failure a queue call met, which decides what the caller does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum QueueErrorKind {
+pub(crate) enum QueueErrorKind {
     /// No answer: DNS, connection refused, TLS, timeout. Back off and retry.
     Unreachable,
     /// 401/403: wrong key, expired SAS, missing role. Retrying will not help until fixed,
@@ -236,7 +237,7 @@ pub enum QueueErrorKind {
 }
 
 impl QueueErrorKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             QueueErrorKind::Unreachable => "unreachable",
             QueueErrorKind::Unauthorized => "unauthorized",
@@ -249,7 +250,7 @@ impl QueueErrorKind {
     }
 
     /// A sentence for operators: what this usually means and what to check.
-    pub fn hint(self) -> &'static str {
+    pub(crate) fn hint(self) -> &'static str {
         match self {
             QueueErrorKind::Unreachable => "the queue service cannot be reached; check the endpoint and the network",
             QueueErrorKind::Unauthorized => "the queue service refused the credentials; check the key, SAS (permissions, expiry), or the identity's role assignment and token audience",
@@ -266,23 +267,23 @@ impl QueueErrorKind {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("queue {operation} failed ({}): {detail}", kind.as_str())]
 pub struct QueueError {
-    pub operation: Operation,
-    pub kind: QueueErrorKind,
+    pub(crate) operation: Operation,
+    pub(crate) kind: QueueErrorKind,
     /// The HTTP status, when the service answered.
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
     /// The service's `x-ms-error-code`, when it answered.
-    pub code: Option<String>,
+    pub(crate) code: Option<String>,
     /// This try may have been applied although it failed: its answer never arrived (reset,
     /// timeout) or the service said it timed out (500).
-    pub outcome_unknown: bool,
+    pub(crate) outcome_unknown: bool,
     /// An earlier try of the same call had an unknown outcome (see above).
-    pub earlier_try_unknown: bool,
+    pub(crate) earlier_try_unknown: bool,
     detail: String,
 }
 
 impl QueueError {
     /// The failure as telemetry reports it: label values and this error's text.
-    pub fn failure(&self) -> QueueFailure<'_> {
+    pub(crate) fn failure(&self) -> QueueFailure<'_> {
         QueueFailure {
             operation: self.operation.as_str(),
             kind: self.kind.as_str(),
@@ -300,12 +301,12 @@ impl QueueError {
     }
 
     /// 404 `MessageNotFound`: no message with this id exists (any more).
-    pub fn is_message_not_found(&self) -> bool {
+    pub(crate) fn is_message_not_found(&self) -> bool {
         self.kind == QueueErrorKind::MessageGone && self.status == Some(404)
     }
 
     /// Worth another try: the service may answer differently in a moment.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self.kind,
             QueueErrorKind::Unreachable
@@ -464,7 +465,7 @@ pub struct QueueConnector {
 
 impl QueueConnector {
     /// `http` is the reqwest client used as transport for every queue call.
-    pub fn new(credential: Credential, http: reqwest::Client) -> Self {
+    pub(crate) fn new(credential: Credential, http: reqwest::Client) -> Self {
         Self {
             credential,
             http,
@@ -481,7 +482,7 @@ impl QueueConnector {
     /// there are that many connections: with 64 KiB messages, about 40 × 400 KiB of read
     /// buffers (most of the peak RSS, measured with massif in `tests/bench`). A pool of its
     /// own keeps the big buffer on the one connection that receives.
-    pub fn with_receive_transport(mut self, http: reqwest::Client) -> Self {
+    pub(crate) fn with_receive_transport(mut self, http: reqwest::Client) -> Self {
         self.receive_http = Some(http);
         self
     }
@@ -528,17 +529,17 @@ impl QueueConnector {
 
 impl Queue {
     /// The queue's URL (no query, no secret).
-    pub fn url(&self) -> &Url {
+    pub(crate) fn url(&self) -> &Url {
         &self.url
     }
 
     /// The queue's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// Get Messages with retries within `budget`; the batch says until when it is leased.
-    pub async fn receive_within(
+    pub(crate) async fn receive_within(
         &self,
         max: u32,
         visibility: Duration,
@@ -556,7 +557,7 @@ impl Queue {
     }
 
     /// Delete Message with retries within `budget`.
-    pub async fn delete_within(
+    pub(crate) async fn delete_within(
         &self,
         id: &str,
         pop_receipt: &str,
@@ -578,7 +579,7 @@ impl Queue {
     /// If a try's answer was lost, the service may have applied it and issued a new receipt
     /// that nobody will ever see; a retry with the old receipt then fails with
     /// `PopReceiptMismatch`, and the error says `earlier_try_unknown`.
-    pub async fn update_within(
+    pub(crate) async fn update_within(
         &self,
         id: &str,
         pop_receipt: &str,
@@ -598,7 +599,11 @@ impl Queue {
 
     /// Put Message with retries within `budget`. A retry after a lost answer may add the text
     /// twice: Put Message is not idempotent.
-    pub async fn send_within(&self, text: &str, budget: Budget) -> Result<String, QueueError> {
+    pub(crate) async fn send_within(
+        &self,
+        text: &str,
+        budget: Budget,
+    ) -> Result<String, QueueError> {
         retrying(Operation::Send, budget, || self.send(text, None, None)).await
     }
 
@@ -657,7 +662,7 @@ impl Queue {
 
     /// Update Message, one try: make the message invisible for `visibility` from now (0 =
     /// visible at once). Returns the new pop receipt; the old one is void from here on.
-    pub async fn set_visibility(
+    pub(crate) async fn set_visibility(
         &self,
         id: &str,
         pop_receipt: &str,

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// Starts polling `queue` every `interval` (the first read at once) until `shutdown`.
-pub fn spawn(queue: Queue, interval: Duration, shutdown: Shutdown) -> JoinHandle<()> {
+pub(crate) fn spawn(queue: Queue, interval: Duration, shutdown: Shutdown) -> JoinHandle<()> {
     tokio::spawn(poll(queue, interval, shutdown))
 }
 

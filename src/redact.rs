@@ -31,7 +31,7 @@ const REDACTED: &str = "REDACTED";
 ///
 /// Names are matched case-insensitively, because both Azure query parameter names and
 /// connection-string keys are case-insensitive to the service.
-pub fn secrets(text: &str) -> String {
+pub(crate) fn secrets(text: &str) -> String {
     // Connection-string segments first: a SharedAccessSignature value contains `sig=`, and
     // hiding the whole token hides more (the permissions and expiry are not secret, but the
     // token as a whole is a credential).
@@ -138,7 +138,7 @@ fn redact_tokens(text: &str) -> String {
 /// because an endpoint URL may carry basic-auth credentials (a token is often the user name
 /// alone) or a key (Azure Functions' `?code=`). Query names stay, so the shape of the URL can
 /// still be checked.
-pub fn url(url: &Url) -> String {
+pub(crate) fn url(url: &Url) -> String {
     let mut shown = url.clone();
     // Both only fail for URLs that cannot have credentials, which have none to hide.
     if !shown.username().is_empty() {
@@ -164,7 +164,7 @@ pub fn url(url: &Url) -> String {
 /// A URL as a user typed it, fit for a configuration error: [`url`] if it parses;
 /// otherwise the text with anything that could be user info (before an `@`) or a query or
 /// fragment (from `?` or `#`) replaced, so a mistyped URL never echoes its secrets.
-pub fn url_text(raw: &str) -> String {
+pub(crate) fn url_text(raw: &str) -> String {
     let raw = raw.trim();
     if let Ok(url) = Url::parse(raw) {
         if url.has_host() {

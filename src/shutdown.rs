@@ -21,31 +21,31 @@ enum Level {
 
 /// The sending side: fires the shutdown, then possibly the stop-now.
 #[derive(Debug)]
-pub struct ShutdownTrigger {
+pub(crate) struct ShutdownTrigger {
     sender: watch::Sender<Level>,
 }
 
 /// The listening side. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     receiver: watch::Receiver<Level>,
 }
 
 /// A connected trigger and listener.
-pub fn channel() -> (ShutdownTrigger, Shutdown) {
+pub(crate) fn channel() -> (ShutdownTrigger, Shutdown) {
     let (sender, receiver) = watch::channel(Level::Running);
     (ShutdownTrigger { sender }, Shutdown { receiver })
 }
 
 impl ShutdownTrigger {
     /// Asks every listener to stop. Idempotent.
-    pub fn trigger(&self) {
+    pub(crate) fn trigger(&self) {
         self.raise(Level::Draining);
     }
 
     /// Asks every listener to stop at once, without waiting for work in progress. Implies
     /// [`ShutdownTrigger::trigger`].
-    pub fn stop_now(&self) {
+    pub(crate) fn stop_now(&self) {
         self.raise(Level::StopNow);
     }
 
@@ -60,7 +60,8 @@ impl ShutdownTrigger {
     }
 
     /// A new listener for this trigger.
-    pub fn subscribe(&self) -> Shutdown {
+    #[cfg(test)]
+    pub(crate) fn subscribe(&self) -> Shutdown {
         Shutdown {
             receiver: self.sender.subscribe(),
         }
@@ -69,23 +70,23 @@ impl ShutdownTrigger {
 
 impl Shutdown {
     /// Whether shutdown has been requested.
-    pub fn is_requested(&self) -> bool {
+    pub(crate) fn is_requested(&self) -> bool {
         *self.receiver.borrow() >= Level::Draining
     }
 
     /// Whether an immediate stop has been requested.
-    pub fn is_stop_now(&self) -> bool {
+    pub(crate) fn is_stop_now(&self) -> bool {
         *self.receiver.borrow() >= Level::StopNow
     }
 
     /// Completes once shutdown has been requested (at once if it already was). If the trigger
     /// is dropped without firing, this never completes: dropping is not a request to stop.
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         self.wait_for(Level::Draining).await;
     }
 
     /// Completes once an immediate stop has been requested.
-    pub async fn wait_stop_now(&mut self) {
+    pub(crate) async fn wait_stop_now(&mut self) {
         self.wait_for(Level::StopNow).await;
     }
 
@@ -98,14 +99,14 @@ impl Shutdown {
 
 /// SIGTERM and SIGINT (Ctrl-C), as a stream: the first starts the drain, a second one means
 /// "stop now".
-pub struct Signals {
+pub(crate) struct Signals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
 }
 
 impl Signals {
     /// Installs the handlers; from here on the signals no longer kill the process.
-    pub fn new() -> std::io::Result<Self> {
+    pub(crate) fn new() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Self {
             terminate: signal(SignalKind::terminate())?,
@@ -114,7 +115,7 @@ impl Signals {
     }
 
     /// The name of the next signal received.
-    pub async fn next(&mut self) -> &'static str {
+    pub(crate) async fn next(&mut self) -> &'static str {
         tokio::select! {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",

@@ -19,12 +19,12 @@ use crate::config::EndpointConfig;
 use std::time::Duration;
 
 /// The `User-Agent` of every request we make.
-pub const USER_AGENT: &str = concat!("azure-queue-sidecar/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str = concat!("azure-queue-sidecar/", env!("CARGO_PKG_VERSION"));
 
 /// The longest one queue request may take: the queue client's own bound, so a hung connection
 /// cannot stall the loop forever. Calls on leased messages are bounded tighter by the queue
 /// layer's budgets (`queue::Budget`).
-pub const QUEUE_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const QUEUE_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a queue connection may take to open.
 const QUEUE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle queue connections are closed after this (the service closes them after about a minute).
@@ -41,9 +41,9 @@ pub fn install_crypto_provider() {
 
 /// Every client the sidecar uses, built once at start without any network call.
 #[derive(Debug, Clone)]
-pub struct Clients {
+pub(crate) struct Clients {
     /// Queue calls (and token endpoint calls).
-    pub queue: reqwest::Client,
+    pub(crate) queue: reqwest::Client,
     /// Get Messages, on a pool of its own.
     ///
     /// Why: hyper grows a connection's read buffer to fit large responses (up to ~400 KiB) and
@@ -53,15 +53,15 @@ pub struct Clients {
     /// there are that many connections: with 64 KiB messages, about 40 × 400 KiB of read
     /// buffers (most of the peak RSS, measured with massif in `tests/bench`). A pool of its
     /// own keeps the big buffer on the one connection that receives.
-    pub receive: reqwest::Client,
+    pub(crate) receive: reqwest::Client,
     /// POSTs (and probes) to the endpoint.
-    pub endpoint: reqwest::Client,
+    pub(crate) endpoint: reqwest::Client,
 }
 
 impl Clients {
     /// The clients for `endpoint` and a queue that is reached over TLS if `queue_tls` (an
     /// `https` queue, or a token credential, whose token endpoints are always https).
-    pub fn new(endpoint: &EndpointConfig, queue_tls: bool) -> reqwest::Result<Self> {
+    pub(crate) fn new(endpoint: &EndpointConfig, queue_tls: bool) -> reqwest::Result<Self> {
         install_crypto_provider();
         Ok(Self {
             queue: queue_client(queue_tls)?,
@@ -73,7 +73,7 @@ impl Clients {
 
 /// A client for queue calls: pooled, no redirects, each request bounded by
 /// [`QUEUE_REQUEST_TIMEOUT`]; without `tls`, no trust store (see the module docs).
-pub fn queue_client(tls: bool) -> reqwest::Result<reqwest::Client> {
+pub(crate) fn queue_client(tls: bool) -> reqwest::Result<reqwest::Client> {
     let builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .connect_timeout(QUEUE_CONNECT_TIMEOUT)

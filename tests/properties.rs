@@ -8,7 +8,7 @@ use azure_queue_sidecar::testing::connection_string;
 use azure_queue_sidecar::testing::parse_retry_after;
 use azure_queue_sidecar::testing::ReceivedMessage;
 use azure_queue_sidecar::testing::{
-    format_duration, parse_duration, Config, ContentMode, EventConfig, EventGridSchema,
+    format_duration, parse_duration, ContentMode, EventConfig, EventGridSchema,
 };
 use azure_queue_sidecar::testing::{is_json, EventMapper, HttpPayload, Origin, JSON, STRUCTURED};
 use base64::Engine;
@@ -509,14 +509,10 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // K_CE_OVERRIDES
 
-fn overrides_config(raw: String) -> Result<Config, azure_queue_sidecar::testing::ConfigError> {
-    Config::from_lookup(move |name| match name {
-        "QUEUE_NAME" => Some("orders".into()),
-        "ENDPOINT_URL" => Some("http://127.0.0.1:8080/".into()),
-        "AZURE_STORAGE_CONNECTION_STRING" => Some("UseDevelopmentStorage=true".into()),
-        "K_CE_OVERRIDES" => Some(raw.clone()),
-        _ => None,
-    })
+fn overrides_config(
+    raw: String,
+) -> Result<BTreeMap<String, String>, azure_queue_sidecar::testing::ConfigError> {
+    azure_queue_sidecar::testing::event_overrides(raw)
 }
 
 proptest! {
@@ -544,13 +540,13 @@ proptest! {
                 && value.starts_with('"')
         });
         match overrides_config(raw.clone()) {
-            Ok(config) => {
+            Ok(overrides) => {
                 prop_assert!(allowed, "accepted {}", raw);
                 let expected: BTreeMap<String, String> = entries
                     .iter()
                     .map(|(k, v)| (k.clone(), serde_json::from_str(v).expect("string")))
                     .collect();
-                prop_assert_eq!(config.event.overrides, expected);
+                prop_assert_eq!(overrides, expected);
             }
             Err(error) => {
                 prop_assert!(!allowed, "refused {}: {}", raw, error);

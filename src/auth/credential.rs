@@ -10,12 +10,9 @@ use std::sync::Arc;
 
 /// How requests to the queue service are authorized.
 #[derive(Clone, Debug)]
-pub enum Credential {
+pub(crate) enum Credential {
     /// An account key: every request is signed with HMAC-SHA256.
-    SharedKey {
-        account: String,
-        policy: Arc<SharedKeyPolicy>,
-    },
+    SharedKey { policy: Arc<SharedKeyPolicy> },
     /// A shared access signature appended to every request's query.
     Sas(Arc<SasPolicy>),
     /// A Microsoft Entra ID identity (workload or managed): the queue client sends its bearer
@@ -25,27 +22,26 @@ pub enum Credential {
 
 impl Credential {
     /// An account-key credential. Fails (without echoing the key) if the key is not base64.
-    pub fn shared_key(account: String, key: Secret) -> Result<Self, InvalidAccountKey> {
-        let policy = SharedKeyPolicy::new(account.clone(), key)?;
+    pub(crate) fn shared_key(account: String, key: Secret) -> Result<Self, InvalidAccountKey> {
+        let policy = SharedKeyPolicy::new(account, key)?;
         Ok(Credential::SharedKey {
-            account,
             policy: Arc::new(policy),
         })
     }
 
     /// A SAS credential, from a token with or without its leading `?`.
-    pub fn sas(token: Secret) -> Result<Self, InvalidSasToken> {
+    pub(crate) fn sas(token: Secret) -> Result<Self, InvalidSasToken> {
         Ok(Credential::Sas(Arc::new(SasPolicy::new(token)?)))
     }
 
     /// An Entra ID identity credential.
-    pub fn token(identity: Identity) -> Self {
+    pub(crate) fn token(identity: Identity) -> Self {
         Credential::Token(Arc::new(TokenAuth::new(identity)))
     }
 
     /// A short, secret-free name for logs: `shared-key`, `sas`, `workload-identity` or
     /// `managed-identity`.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Credential::SharedKey { .. } => "shared-key",
             Credential::Sas(_) => "sas",
@@ -56,7 +52,7 @@ impl Credential {
     /// The token credential the queue client authorizes with, built on `http` (the same
     /// transport as the queue calls) the first time; `None` for keys and SAS, which are
     /// per-try policies instead.
-    pub fn token_credential(
+    pub(crate) fn token_credential(
         &self,
         http: &reqwest::Client,
     ) -> azure_core::Result<Option<Arc<dyn TokenCredential>>> {
@@ -67,7 +63,7 @@ impl Credential {
     }
 
     /// The policies that authorize each try of a request.
-    pub fn per_try_policies(&self) -> Vec<Arc<dyn Policy>> {
+    pub(crate) fn per_try_policies(&self) -> Vec<Arc<dyn Policy>> {
         match self {
             Credential::SharedKey { policy, .. } => vec![policy.clone() as Arc<dyn Policy>],
             Credential::Sas(policy) => vec![policy.clone() as Arc<dyn Policy>],

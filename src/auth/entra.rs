@@ -52,13 +52,9 @@ use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
 use url::Url;
 
-/// The scope every storage token is requested for. The queue client asks for exactly this
-/// (it is fixed in `azure_storage_queue`); kept here for documentation and the tests.
-pub const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
-
 /// An Entra ID identity and its validated inputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identity {
+pub(crate) enum Identity {
     /// Kubernetes workload identity: a federated service account token exchanged for an
     /// access token at `<authority>/<tenant>/oauth2/v2.0/token`.
     Workload {
@@ -80,7 +76,7 @@ pub enum Identity {
 /// the same variables; we mirror its choice for the start log and to refuse the sources it
 /// does not support before anything runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ManagedSource {
+pub(crate) enum ManagedSource {
     /// `IDENTITY_ENDPOINT` with `IDENTITY_HEADER` (App Service, Container Apps, Functions).
     IdentityEndpoint(Url),
     /// The instance metadata service at 169.254.169.254 (VMs, VM scale sets, AKS nodes).
@@ -89,7 +85,7 @@ pub enum ManagedSource {
 
 impl Identity {
     /// The short name used in logs, metrics and `AZURE_STORAGE_AUTH`.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Identity::Workload { .. } => AuthMode::WorkloadIdentity.as_str(),
             Identity::Managed { .. } => AuthMode::ManagedIdentity.as_str(),
@@ -99,7 +95,7 @@ impl Identity {
 
 /// A token credential for the queue client, built once on the first queue client's transport
 /// and shared by every queue client after it, so they share one token cache.
-pub struct TokenAuth {
+pub(crate) struct TokenAuth {
     identity: Identity,
     built: Mutex<Option<Arc<dyn TokenCredential>>>,
 }
@@ -113,23 +109,24 @@ impl fmt::Debug for TokenAuth {
 }
 
 impl TokenAuth {
-    pub fn new(identity: Identity) -> Self {
+    pub(crate) fn new(identity: Identity) -> Self {
         Self {
             identity,
             built: Mutex::new(None),
         }
     }
 
-    pub fn identity(&self) -> &Identity {
+    #[cfg(test)]
+    pub(crate) fn identity(&self) -> &Identity {
         &self.identity
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         self.identity.kind()
     }
 
     /// The credential, built on `http` the first time (later calls return the same one).
-    pub fn credential(
+    pub(crate) fn credential(
         &self,
         http: &reqwest::Client,
     ) -> azure_core::Result<Arc<dyn TokenCredential>> {
@@ -190,9 +187,7 @@ fn build(
             ClientAssertionCredential::new(
                 tenant_id.clone(),
                 client_id.clone(),
-                FederatedTokenFile {
-                    path: token_file.clone(),
-                },
+                FederatedTokenFile::new(token_file.clone()),
                 Some(options),
             )?
         }
@@ -214,18 +209,18 @@ fn build(
 /// kubelet replaces it well before it expires, and a request happens about once an hour, so
 /// reading it each time costs nothing and never sends a stale assertion.
 #[derive(Debug)]
-pub struct FederatedTokenFile {
+pub(crate) struct FederatedTokenFile {
     path: PathBuf,
 }
 
 impl FederatedTokenFile {
-    pub fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         Self { path }
     }
 
     /// The current assertion. A small file on a local (tmpfs) volume: a blocking read is
     /// shorter than handing it to another thread.
-    pub fn read(&self) -> azure_core::Result<String> {
+    pub(crate) fn read(&self) -> azure_core::Result<String> {
         let text = std::fs::read_to_string(&self.path).map_err(|e| {
             azure_core::Error::with_message(
                 ErrorKind::Credential,

@@ -14,13 +14,13 @@
 //! - [`entra`]: Microsoft Entra ID tokens from a workload identity or a managed identity.
 //! - [`refusal`]: the service's own reason when it refuses a credential.
 
-pub mod credential;
-pub mod entra;
+pub(crate) mod credential;
+pub(crate) mod entra;
 mod policy;
-pub mod refusal;
-pub mod sas;
-pub mod select;
-pub mod shared_key;
+pub(crate) mod refusal;
+pub(crate) mod sas;
+pub(crate) mod select;
+pub(crate) mod shared_key;
 
-pub use credential::Credential;
-pub use select::{select, Storage};
+pub(crate) use credential::Credential;
+pub(crate) use select::{select, Storage};

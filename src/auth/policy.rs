@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 /// Passes `request` on to the rest of the pipeline. Every authorization policy sits before the
 /// transport, so an empty `next` is a wiring mistake, reported rather than panicked on.
-pub async fn send_next(
+pub(super) async fn send_next(
     policy: &str,
     ctx: &Context<'_>,
     request: &mut Request,

@@ -14,7 +14,7 @@ use azure_core::error::ErrorKind;
 const MAX_DETAIL: usize = 200;
 
 /// The `AuthenticationErrorDetail` of a refused request, if the error carries one.
-pub fn authentication_detail(error: &azure_core::Error) -> Option<String> {
+pub(crate) fn authentication_detail(error: &azure_core::Error) -> Option<String> {
     let ErrorKind::HttpResponse {
         raw_response: Some(response),
         ..
@@ -26,7 +26,7 @@ pub fn authentication_detail(error: &azure_core::Error) -> Option<String> {
 }
 
 /// Extracts and cleans the element's text from an XML error body.
-pub fn detail_from_body(body: &[u8]) -> Option<String> {
+pub(crate) fn detail_from_body(body: &[u8]) -> Option<String> {
     const OPEN: &str = "<AuthenticationErrorDetail>";
     const CLOSE: &str = "</AuthenticationErrorDetail>";
     let text = std::str::from_utf8(body).ok()?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 #[error(
     "expected a SAS token such as sv=...&sp=raup&sig=... (the signature part 'sig=' is missing)"
 )]
-pub struct InvalidSasToken;
+pub(crate) struct InvalidSasToken;
 
 /// Adds a SAS token to each request's query at send time.
 ///
@@ -24,14 +24,14 @@ pub struct InvalidSasToken;
 /// policy hands the same one to every try), so the token's own parameters are removed before
 /// the token is added. Appending blindly would send `sig=` twice on a retry, which the service
 /// refuses as an authentication failure.
-pub struct SasPolicy {
+pub(crate) struct SasPolicy {
     token: Secret,
     /// The token's parameter names (`sv`, `sp`, `sig`, ...).
     names: Vec<String>,
 }
 
 impl SasPolicy {
-    pub fn new(token: Secret) -> Result<Self, InvalidSasToken> {
+    pub(crate) fn new(token: Secret) -> Result<Self, InvalidSasToken> {
         let trimmed = token.secret().trim().trim_start_matches('?');
         let names: Vec<String> = trimmed
             .split('&')

@@ -21,7 +21,7 @@ use url::Url;
 
 /// The storage account as the sidecar reaches it: the queues' URLs and the credential.
 #[derive(Debug, Clone)]
-pub struct Storage {
+pub(crate) struct Storage {
     /// The queue's URL, e.g. `https://acct.queue.core.windows.net/orders`. Never carries a SAS.
     pub queue_url: Url,
     /// The poison queue's URL (same account).
@@ -33,7 +33,7 @@ pub struct Storage {
 impl Storage {
     /// Whether the queue side may speak TLS: an `https` queue, or a token credential (its
     /// token endpoints are https even when the queue is Azurite over plain http).
-    pub fn needs_tls(&self) -> bool {
+    pub(crate) fn needs_tls(&self) -> bool {
         self.queue_url.scheme() != "http" || matches!(self.credential, Credential::Token(_))
     }
 }
@@ -46,7 +46,10 @@ impl Storage {
 /// account or endpoint means a Microsoft Entra ID identity — workload identity if
 /// `AZURE_FEDERATED_TOKEN_FILE` is set, a managed identity otherwise. `AZURE_STORAGE_AUTH`
 /// forces one of the four and names whatever input it lacks.
-pub fn select(config: &StorageConfig, poison_queue_name: &str) -> Result<Storage, ConfigError> {
+pub(crate) fn select(
+    config: &StorageConfig,
+    poison_queue_name: &str,
+) -> Result<Storage, ConfigError> {
     const CS: &str = "AZURE_STORAGE_CONNECTION_STRING";
     let mode = config.auth_mode;
     let connection_string = config.connection_string.as_ref();
@@ -428,7 +431,9 @@ fn managed_identity(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, ContentMode, LogFormat, DEFAULT_CE_TYPE, VARIABLES};
+    use crate::config::ops::LogFormat;
+    use crate::config::variables::DEFAULT_CE_TYPE;
+    use crate::config::{Config, ContentMode, VARIABLES};
     use std::collections::HashMap;
     use std::time::Duration;
 

@@ -31,7 +31,7 @@ use std::{borrow::Cow, fmt, sync::Arc};
 /// Install it as the last entry of `ClientOptions::per_try_policies`: nothing after it may
 /// change a signed header, the URL or the body.
 #[derive(Clone)]
-pub struct SharedKeyPolicy {
+pub(crate) struct SharedKeyPolicy {
     account: String,
     key: Secret,
 }
@@ -45,7 +45,7 @@ impl SharedKeyPolicy {
     /// # Errors
     ///
     /// [`InvalidAccountKey`], which does not echo the key, if the key is not valid base64.
-    pub fn new(account: impl Into<String>, key: Secret) -> Result<Self, InvalidAccountKey> {
+    pub(crate) fn new(account: impl Into<String>, key: Secret) -> Result<Self, InvalidAccountKey> {
         validate_account_key(&key)?;
         let trimmed = key.secret().trim();
         let key = if trimmed.len() == key.secret().len() {
@@ -57,12 +57,6 @@ impl SharedKeyPolicy {
             account: account.into(),
             key,
         })
-    }
-
-    /// The account name requests are signed for.
-    #[must_use]
-    pub fn account(&self) -> &str {
-        &self.account
     }
 
     /// Sets `x-ms-date` and `Authorization` on `request`.

@@ -14,29 +14,29 @@ use std::future::Future;
 use std::process::ExitCode;
 
 /// The exit status of a configuration or usage error.
-pub const USAGE_ERROR: u8 = 2;
+pub(crate) const USAGE_ERROR: u8 = 2;
 
 /// The validated configuration and the storage account it selects.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub config: Config,
     pub storage: Storage,
 }
 
 impl Settings {
     /// Reads and validates the process environment, credential selection included.
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub(crate) fn from_env() -> Result<Self, ConfigError> {
         Self::from_config(Config::from_env()?)
     }
 
     /// Selects the storage credential for `config`.
-    pub fn from_config(config: Config) -> Result<Self, ConfigError> {
+    pub(crate) fn from_config(config: Config) -> Result<Self, ConfigError> {
         let storage = auth::select(&config.storage, &config.retry.poison_queue_name)?;
         Ok(Self { config, storage })
     }
 
     /// Every HTTP client, without any network call.
-    pub fn clients(&self) -> reqwest::Result<Clients> {
+    pub(crate) fn clients(&self) -> reqwest::Result<Clients> {
         Clients::new(&self.config.endpoint, self.storage.needs_tls())
     }
 
@@ -44,7 +44,7 @@ impl Settings {
     /// and the `check` command all get their queues here, so `check` tests exactly what the
     /// sidecar uses; and every queue shares one connection pool (and, with Entra ID, one
     /// token cache).
-    pub fn queues(&self, clients: &Clients) -> QueueConnector {
+    pub(crate) fn queues(&self, clients: &Clients) -> QueueConnector {
         QueueConnector::new(self.storage.credential.clone(), clients.queue.clone())
             .with_receive_transport(clients.receive.clone())
     }
@@ -53,7 +53,7 @@ impl Settings {
 /// Runs `work` to completion on the sidecar's runtime: one thread, because the work is
 /// I/O-bound and a sidecar should leave the cores to the app. `Err` (exit status 1, said on
 /// stderr) if the runtime cannot start.
-pub fn block_on<F: Future>(work: F) -> Result<F::Output, ExitCode> {
+pub(crate) fn block_on<F: Future>(work: F) -> Result<F::Output, ExitCode> {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

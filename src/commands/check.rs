@@ -40,7 +40,7 @@ const PERMISSION_CODES: &[&str] = &[
 
 /// How one check went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     Ok,
     /// Not a failure, but worth knowing (exit status stays 0).
     Warn,
@@ -62,7 +62,7 @@ impl Status {
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
+pub(crate) struct Check {
     pub status: Status,
     pub name: &'static str,
     pub detail: String,
@@ -91,7 +91,7 @@ impl fmt::Display for Check {
 }
 
 /// Runs every check for `settings`; the configuration line comes first.
-pub async fn run_checks(settings: &Settings) -> Vec<Check> {
+pub(crate) async fn run_checks(settings: &Settings) -> Vec<Check> {
     let mut checks = vec![Check::new(
         Status::Ok,
         "configuration",
@@ -127,7 +127,7 @@ pub async fn run_checks(settings: &Settings) -> Vec<Check> {
 }
 
 /// The exit status for a report: 1 if anything failed.
-pub fn exit_status(checks: &[Check]) -> ExitCode {
+pub(crate) fn exit_status(checks: &[Check]) -> ExitCode {
     if checks.iter().any(|c| c.status == Status::Fail) {
         ExitCode::FAILURE
     } else {
@@ -136,7 +136,7 @@ pub fn exit_status(checks: &[Check]) -> ExitCode {
 }
 
 /// The `check` command: reads the environment, prints the report, returns the exit status.
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(error) => {

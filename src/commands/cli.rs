@@ -10,7 +10,7 @@ use crate::config::VARIABLES;
 
 /// What the binary was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// No arguments: run the sidecar.
     Run,
     Help,
@@ -25,7 +25,7 @@ pub enum Command {
 
 impl Command {
     /// Parses the arguments after the program name.
-    pub fn parse(args: &[String]) -> Self {
+    pub(crate) fn parse(args: &[String]) -> Self {
         let Some(first) = args.first() else {
             return Command::Run;
         };
@@ -40,7 +40,7 @@ impl Command {
 }
 
 /// The `--help` text.
-pub fn help() -> String {
+pub(crate) fn help() -> String {
     let mut out = String::from(concat!(
         "azure-queue-sidecar ", env!("CARGO_PKG_VERSION"), "\n",
         "Delivers Azure Storage Queue messages to an HTTP endpoint as CloudEvents.\n",

@@ -18,7 +18,7 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_RESPONSE: u64 = 16 * 1024;
 
 /// The `healthcheck [PATH]` command (PATH defaults to `/healthz`; `/readyz` also works).
-pub fn main(args: &[String]) -> ExitCode {
+pub(crate) fn main(args: &[String]) -> ExitCode {
     let path = args.first().map_or("/healthz", String::as_str);
     if !is_safe_path(path) {
         eprintln!("healthcheck: expected a path such as /healthz or /readyz, got {path:?}");
@@ -52,7 +52,7 @@ pub fn main(args: &[String]) -> ExitCode {
 }
 
 /// Where to connect for a listen address: a wildcard address listens on loopback too.
-pub fn local_target(listen: SocketAddr) -> SocketAddr {
+pub(crate) fn local_target(listen: SocketAddr) -> SocketAddr {
     let ip = match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),

@@ -9,11 +9,11 @@
 //!   settings, the clients, the queue clients, the runtime. A new command (a poison queue
 //!   peek, a redrive) takes the same steps and needs nothing else.
 
-pub mod bootstrap;
-pub mod check;
-pub mod cli;
-pub mod healthcheck;
-pub mod run;
+pub(crate) mod bootstrap;
+pub(crate) mod check;
+pub(crate) mod cli;
+pub(crate) mod healthcheck;
+pub(crate) mod run;
 
 use bootstrap::USAGE_ERROR;
 use cli::Command;

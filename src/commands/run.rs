@@ -24,7 +24,7 @@ use tracing::{error, info};
 
 /// What can stop the sidecar from starting once the configuration is valid.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     #[error("could not build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
     #[error(transparent)]
@@ -34,7 +34,7 @@ pub enum StartError {
 }
 
 /// The sidecar: runs until a signal, then drains; the exit status.
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(error) => {
@@ -94,7 +94,7 @@ pub fn main() -> ExitCode {
 }
 
 /// Runs the sidecar until `shutdown` fires; returns what it did.
-pub async fn run(settings: &Settings, shutdown: Shutdown) -> Result<Summary, StartError> {
+pub(crate) async fn run(settings: &Settings, shutdown: Shutdown) -> Result<Summary, StartError> {
     let config = &settings.config;
     let clients = settings.clients()?;
     let queues = settings.queues(&clients);

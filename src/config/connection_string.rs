@@ -40,7 +40,7 @@ pub struct InvalidAccountKey;
 /// # Errors
 ///
 /// [`InvalidAccountKey`] if the key (ignoring surrounding blanks) is empty or not base64.
-pub fn validate_account_key(key: &Secret) -> Result<(), InvalidAccountKey> {
+pub(crate) fn validate_account_key(key: &Secret) -> Result<(), InvalidAccountKey> {
     match base64::engine::general_purpose::STANDARD.decode(key.secret().trim()) {
         Ok(bytes) if !bytes.is_empty() => Ok(()),
         _ => Err(InvalidAccountKey),

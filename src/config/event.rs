@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use url::Url;
 
 /// The CloudEvents 1.0 context attributes and the two data members of the JSON format.
-pub const CONTEXT_ATTRIBUTES: [&str; 10] = [
+pub(crate) const CONTEXT_ATTRIBUTES: [&str; 10] = [
     "specversion",
     "id",
     "source",
@@ -25,12 +25,12 @@ pub const CONTEXT_ATTRIBUTES: [&str; 10] = [
 /// The extensions the sidecar sets (`queuemessageid` only on events that came in the message,
 /// whose `id` is the producer's). They win over a producer's attributes of the same name:
 /// receivers can trust them to describe this queue and this delivery.
-pub const QUEUE_EXTENSIONS: [&str; 3] = ["queuemessageid", "dequeuecount", "expirytime"];
+pub(crate) const QUEUE_EXTENSIONS: [&str; 3] = ["queuemessageid", "dequeuecount", "expirytime"];
 /// The extensions an Event Grid schema event's version fields become.
-pub const EVENT_GRID_EXTENSIONS: [&str; 2] = ["dataversion", "metadataversion"];
+pub(crate) const EVENT_GRID_EXTENSIONS: [&str; 2] = ["dataversion", "metadataversion"];
 
 /// CloudEvents attribute names: lowercase ASCII letters and digits.
-pub fn is_attribute_name(name: &str) -> bool {
+pub(crate) fn is_attribute_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
@@ -79,7 +79,7 @@ pub enum EventGridSchema {
 
 impl EventConfig {
     /// The `source` of wrapped events: `CE_SOURCE`, or the queue's URL.
-    pub fn source_or(&self, queue_url: &Url) -> String {
+    pub(crate) fn source_or(&self, queue_url: &Url) -> String {
         self.source.clone().unwrap_or_else(|| queue_url.to_string())
     }
 }

@@ -22,18 +22,18 @@
 //! and never appear in errors or in the `Debug` output of this module's types.
 
 pub mod connection_string;
-pub mod event;
-pub mod ops;
-pub mod storage;
-pub mod tls;
+pub(crate) mod event;
+pub(crate) mod ops;
+pub(crate) mod storage;
+pub(crate) mod tls;
 mod values;
-pub mod variables;
+pub(crate) mod variables;
 
 pub use event::{ContentMode, EventConfig, EventGridSchema};
-pub use ops::{parse_admin_addr, LogConfig, LogFormat, OpsConfig};
-pub use storage::{AuthMode, IdentityVariables, StorageConfig};
+pub(crate) use ops::{parse_admin_addr, LogConfig, OpsConfig};
+pub(crate) use storage::{AuthMode, IdentityVariables, StorageConfig};
 pub use values::{format_duration, parse_duration, ConfigError};
-pub use variables::{Variable, DEFAULT_ADMIN_ADDR, DEFAULT_CE_TYPE, VARIABLES};
+pub use variables::{Variable, VARIABLES};
 
 use values::Env;
 
@@ -45,19 +45,19 @@ const MAX_BATCH_SIZE: u32 = 32;
 const MAX_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The shortest delay before a retry: the smallest `RETRY_BASE_DELAY` accepted, and the floor
 /// of every retry delay (an endpoint's `Retry-After: 0` included).
-pub const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
+pub(crate) const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_IN_FLIGHT_LIMIT: usize = 4096;
 
 /// Idle polling bounds.
 #[derive(Debug, Clone, Copy)]
-pub struct PollConfig {
+pub(crate) struct PollConfig {
     pub min_interval: Duration,
     pub max_interval: Duration,
 }
 
 /// Where events go, and how.
 #[derive(Debug, Clone)]
-pub struct EndpointConfig {
+pub(crate) struct EndpointConfig {
     /// The URL events are POSTed to.
     pub url: Url,
     /// Per-POST timeout.
@@ -68,7 +68,7 @@ pub struct EndpointConfig {
 
 /// What happens to a message whose delivery failed.
 #[derive(Debug, Clone)]
-pub struct RetryConfig {
+pub(crate) struct RetryConfig {
     /// Delay before the first retry; doubles with every attempt.
     pub base_delay: Duration,
     /// The longest retry delay (also the cap on an endpoint's `Retry-After`).
@@ -83,7 +83,7 @@ pub struct RetryConfig {
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     pub storage: StorageConfig,
     pub endpoint: EndpointConfig,
     pub event: EventConfig,
@@ -104,7 +104,7 @@ pub struct Config {
 
 impl Config {
     /// Reads and validates the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub(crate) fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
@@ -113,7 +113,7 @@ impl Config {
     /// Variables set to the empty string count as unset: Kubernetes manifests and shells make
     /// empty values easy to produce by accident, and treating them as values gives baffling
     /// errors.
-    pub fn from_lookup(
+    pub(crate) fn from_lookup(
         lookup: impl Fn(&str) -> Option<String> + 'static,
     ) -> Result<Self, ConfigError> {
         let env = Env(Box::new(move |name| {

@@ -9,14 +9,14 @@ use tracing_subscriber::EnvFilter;
 
 /// The log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Json,
     Text,
 }
 
 /// Logging setup.
 #[derive(Debug, Clone)]
-pub struct LogConfig {
+pub(crate) struct LogConfig {
     pub format: LogFormat,
     /// A `RUST_LOG`-style filter, as the user wrote it.
     pub filter: String,
@@ -25,12 +25,12 @@ pub struct LogConfig {
 impl LogConfig {
     /// The filter directives to install: the libraries' defaults, then the user's filter
     /// (which wins where it names the same target).
-    pub fn directives(&self) -> String {
+    pub(crate) fn directives(&self) -> String {
         format!("{LIBRARY_DEFAULTS},{}", self.filter)
     }
 
     /// Whether log lines are JSON.
-    pub fn json(&self) -> bool {
+    pub(crate) fn json(&self) -> bool {
         self.format == LogFormat::Json
     }
 }
@@ -70,7 +70,7 @@ const MIN_QUEUE_LENGTH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Operability: the admin HTTP server and queue-length polling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpsConfig {
+pub(crate) struct OpsConfig {
     /// Where `/healthz`, `/readyz` and `/metrics` are served; `None` when `ADMIN_ADDR=off`.
     pub admin_addr: Option<SocketAddr>,
     /// How often the approximate message count is read; `None` when disabled.
@@ -102,7 +102,7 @@ pub(super) fn ops_config(env: &Env) -> Result<OpsConfig, ConfigError> {
 
 /// Parses `ADMIN_ADDR` (unset means [`DEFAULT_ADMIN_ADDR`]). Public because the `healthcheck`
 /// command reads this one variable without validating the whole configuration.
-pub fn parse_admin_addr(raw: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+pub(crate) fn parse_admin_addr(raw: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
     let raw = raw.map(str::trim).filter(|raw| !raw.is_empty());
     match raw {
         Some(off) if off.eq_ignore_ascii_case("off") => Ok(None),

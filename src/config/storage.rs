@@ -12,13 +12,13 @@ use azure_core::credentials::Secret;
 use url::Url;
 
 /// The variable that forces one kind of authentication.
-pub const AUTH_VARIABLE: &str = "AZURE_STORAGE_AUTH";
+pub(crate) const AUTH_VARIABLE: &str = "AZURE_STORAGE_AUTH";
 /// The variable that lets a key or SAS travel over plain http to a remote host.
-pub const ALLOW_HTTP: &str = "AZURE_STORAGE_ALLOW_HTTP";
+pub(crate) const ALLOW_HTTP: &str = "AZURE_STORAGE_ALLOW_HTTP";
 
 /// What `AZURE_STORAGE_AUTH` may say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMode {
+pub(crate) enum AuthMode {
     Key,
     Sas,
     WorkloadIdentity,
@@ -27,7 +27,7 @@ pub enum AuthMode {
 
 impl AuthMode {
     /// Parses the value of `AZURE_STORAGE_AUTH` (case-insensitive).
-    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, ConfigError> {
         match raw.trim().to_ascii_lowercase().as_str() {
             "key" => Ok(AuthMode::Key),
             "sas" => Ok(AuthMode::Sas),
@@ -43,7 +43,7 @@ impl AuthMode {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AuthMode::Key => "key",
             AuthMode::Sas => "sas",
@@ -53,14 +53,14 @@ impl AuthMode {
     }
 
     /// Whether this mode uses an Entra ID identity rather than a shared secret.
-    pub fn is_identity(self) -> bool {
+    pub(crate) fn is_identity(self) -> bool {
         matches!(self, AuthMode::WorkloadIdentity | AuthMode::ManagedIdentity)
     }
 }
 
 /// The Microsoft Entra ID variables, as given (the AKS webhook and Azure's hosts set them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IdentityVariables {
+pub(crate) struct IdentityVariables {
     /// `AZURE_FEDERATED_TOKEN_FILE`: the projected service account token's path.
     pub federated_token_file: Option<String>,
     /// `AZURE_CLIENT_ID`.
@@ -81,7 +81,7 @@ pub struct IdentityVariables {
 
 impl IdentityVariables {
     /// Reads the identity variables from `lookup` (empty values already count as unset).
-    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Self {
+    pub(crate) fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Self {
         Self {
             federated_token_file: lookup("AZURE_FEDERATED_TOKEN_FILE"),
             client_id: lookup("AZURE_CLIENT_ID"),
@@ -97,7 +97,7 @@ impl IdentityVariables {
 
 /// Which queue, and the storage account's variables as given.
 #[derive(Debug, Clone)]
-pub struct StorageConfig {
+pub(crate) struct StorageConfig {
     /// The queue's name.
     pub queue_name: String,
     /// `AZURE_STORAGE_AUTH`, if it forces a kind of authentication.
@@ -120,7 +120,7 @@ pub struct StorageConfig {
 
 impl StorageConfig {
     /// Whether a key or SAS (in the variables or the connection string) was given.
-    pub fn has_secret(&self) -> bool {
+    pub(crate) fn has_secret(&self) -> bool {
         self.connection_string.is_some() || self.key.is_some() || self.sas.is_some()
     }
 }
@@ -151,7 +151,7 @@ pub(super) fn storage_config(env: &Env, queue_name: String) -> Result<StorageCon
 
 /// Parses a queue service URL. A query string is refused: a SAS pasted into the endpoint would
 /// end up in logs and in the CloudEvent `source`.
-pub fn parse_service_url(raw: &str) -> Result<Url, ConfigError> {
+pub(crate) fn parse_service_url(raw: &str) -> Result<Url, ConfigError> {
     const VAR: &str = "AZURE_STORAGE_QUEUE_ENDPOINT";
     let url = Url::parse(raw.trim()).map_err(|_| {
         ConfigError::new(

@@ -21,7 +21,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub fn new(variable: &'static str, expected: impl Into<String>) -> Self {
+    pub(crate) fn new(variable: &'static str, expected: impl Into<String>) -> Self {
         Self {
             variable,
             expected: expected.into(),

@@ -7,20 +7,21 @@
 //! in the README (the `readme` text, rendered by [`readme_table`]; a test fails when the README
 //! is not what the table renders, and `UPDATE_README=1 cargo test --lib readme` rewrites it).
 
+#[cfg(test)]
 use std::fmt::Write as _;
 
 /// The CloudEvent `type` of wrapped messages unless `CE_TYPE` says otherwise: what existing
 /// Knative sources for this queue emit.
-pub const DEFAULT_CE_TYPE: &str = "com.microsoft.azure.queuestorage";
+pub(crate) const DEFAULT_CE_TYPE: &str = "com.microsoft.azure.queuestorage";
 
 /// Where the admin server listens unless `ADMIN_ADDR` says otherwise: all interfaces, so the
 /// kubelet and Prometheus can reach it; 9464 is the port OpenTelemetry's Prometheus exporter
 /// uses, so dashboards and scrape configs that expect an exporter there keep working.
-pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9464";
+pub(crate) const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9464";
 
 /// A variable's default, as the parser uses it and the documentation shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Default {
+pub(crate) enum Default {
     /// Unset by default (shown as `-` in `--help`, `–` in the README).
     None,
     /// Must be set.
@@ -35,7 +36,7 @@ pub enum Default {
 
 impl Default {
     /// How `--help` shows it.
-    pub fn help(self) -> &'static str {
+    pub(crate) fn help(self) -> &'static str {
         match self {
             Default::None => "-",
             Default::Required => "required",
@@ -44,6 +45,7 @@ impl Default {
     }
 
     /// How the README shows it (Markdown).
+    #[cfg(test)]
     fn readme(self) -> String {
         match self {
             Default::None => "–".to_string(),
@@ -56,7 +58,7 @@ impl Default {
 
 /// The README table a variable is listed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Section {
+pub(crate) enum Section {
     Storage,
     Endpoint,
     Throughput,
@@ -66,7 +68,8 @@ pub enum Section {
 
 impl Section {
     /// Every section, in README order.
-    pub const ALL: [Section; 5] = [
+    #[cfg(test)]
+    const ALL: [Section; 5] = [
         Section::Storage,
         Section::Endpoint,
         Section::Throughput,
@@ -75,6 +78,7 @@ impl Section {
     ];
 
     /// The name in the README's marker comment above the table.
+    #[cfg(test)]
     fn marker(self) -> &'static str {
         match self {
             Section::Storage => "storage",
@@ -90,16 +94,21 @@ impl Section {
 #[derive(Debug, Clone, Copy)]
 pub struct Variable {
     pub name: &'static str,
-    pub default: Default,
+    pub(crate) default: Default,
     /// One line for `--help`.
-    pub help: &'static str,
-    pub section: Section,
+    pub(crate) help: &'static str,
+    // The README fields are read by the test that renders the README's tables.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) section: Section,
     /// The README row's meaning (Markdown): the longer story.
-    pub readme: &'static str,
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) readme: &'static str,
     /// The README row's first cell, when the row covers more than this variable.
-    pub readme_name: Option<&'static str>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) readme_name: Option<&'static str>,
     /// The README row's default, when it is the image's rather than the binary's.
-    pub readme_default: Option<&'static str>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) readme_default: Option<&'static str>,
 }
 
 /// The fields most rows leave as they are.
@@ -432,14 +441,14 @@ pub const VARIABLES: &[Variable] = &[
 ];
 
 /// The variable named `name`.
-pub fn variable(name: &str) -> Option<&'static Variable> {
+pub(crate) fn variable(name: &str) -> Option<&'static Variable> {
     VARIABLES.iter().find(|v| v.name == name)
 }
 
 /// The literal default of `name`, for the parser. `None` if the table gives it none (or a
 /// description instead): the parser then has no default to use, which is a mistake in the
 /// table that the configuration tests catch.
-pub fn default_value(name: &str) -> Option<&'static str> {
+pub(crate) fn default_value(name: &str) -> Option<&'static str> {
     match variable(name)?.default {
         Default::Value(value) => Some(value),
         _ => None,
@@ -447,7 +456,8 @@ pub fn default_value(name: &str) -> Option<&'static str> {
 }
 
 /// The README table of `section` (header included), one row per variable.
-pub fn readme_table(section: Section) -> String {
+#[cfg(test)]
+pub(crate) fn readme_table(section: Section) -> String {
     let mut out = String::from("| variable | default | meaning |\n|---|---|---|\n");
     for v in VARIABLES.iter().filter(|v| v.section == section) {
         let name = v
@@ -463,6 +473,7 @@ pub fn readme_table(section: Section) -> String {
 }
 
 /// The line in the README above the table of `section`.
+#[cfg(test)]
 fn readme_marker(section: Section) -> String {
     format!(
         "<!-- variables: {} (generated from src/config/variables.rs) -->",
@@ -472,7 +483,8 @@ fn readme_marker(section: Section) -> String {
 
 /// `readme` with every variable table replaced by what [`readme_table`] renders; an error
 /// names a section whose marker is missing.
-pub fn render_readme(readme: &str) -> Result<String, String> {
+#[cfg(test)]
+fn render_readme(readme: &str) -> Result<String, String> {
     let mut out = readme.to_string();
     for section in Section::ALL {
         let marker = readme_marker(section);

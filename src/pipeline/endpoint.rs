@@ -35,7 +35,7 @@ const MAX_DRAINED_BODY: usize = 64 * 1024;
 
 /// Why a delivery did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// The endpoint answered with this non-2xx status.
     Status(u16),
     /// No answer within `HTTP_TIMEOUT`.
@@ -52,7 +52,7 @@ pub enum Failure {
 impl Failure {
     /// A short label for logs and metrics: the status code, `timeout`, `connection`,
     /// `dropped` or `unsendable`.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self {
             Failure::Status(status) => status.to_string(),
             Failure::Timeout => "timeout".into(),
@@ -63,7 +63,7 @@ impl Failure {
     }
 
     /// A one-line description.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Failure::Status(status) => format!("HTTP {status}"),
             Failure::Timeout => "timed out".into(),
@@ -74,14 +74,14 @@ impl Failure {
     }
 
     /// Whether the endpoint provably never saw the request (so it is not an attempt).
-    pub fn never_reached(&self) -> bool {
+    pub(crate) fn never_reached(&self) -> bool {
         matches!(self, Failure::Connection(_) | Failure::Unsendable(_))
     }
 }
 
 /// The result of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// 2xx: the endpoint has the event; the message may be deleted.
     Delivered { status: u16 },
     /// Worth trying again later; `retry_after` is the endpoint's own `Retry-After`, if any.
@@ -95,7 +95,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// A label for logs and metrics: `delivered`, `retryable` or `permanent`.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Outcome::Delivered { .. } => "delivered",
             Outcome::Retryable { .. } => "retryable",
@@ -106,7 +106,7 @@ impl Outcome {
 
 impl Outcome {
     /// The failure, unless the event was delivered.
-    pub fn failure(&self) -> Option<&Failure> {
+    pub(crate) fn failure(&self) -> Option<&Failure> {
         match self {
             Outcome::Delivered { .. } => None,
             Outcome::Retryable { failure, .. } | Outcome::Permanent { failure } => Some(failure),
@@ -115,7 +115,7 @@ impl Outcome {
 
     /// The `status` of the log line and the `status_class` of the metric: the code and its
     /// class (`503`, `5xx`), or the failure's label twice when there was no answer.
-    pub fn status_labels(&self) -> (String, String) {
+    pub(crate) fn status_labels(&self) -> (String, String) {
         let status = match self {
             Outcome::Delivered { status } => *status,
             Outcome::Retryable { failure, .. } | Outcome::Permanent { failure } => match failure {
@@ -128,7 +128,7 @@ impl Outcome {
 }
 
 /// Classifies a status code with Knative's rules.
-pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Outcome {
+pub(crate) fn classify_status(status: u16, retry_after: Option<Duration>) -> Outcome {
     match status {
         200..=299 => Outcome::Delivered { status },
         404 | 408 | 409 | 425 | 429 => Outcome::Retryable {
@@ -162,7 +162,7 @@ pub fn parse_retry_after(value: &str, now: OffsetDateTime) -> Option<Duration> {
 
 /// POSTs events to the endpoint over a pooled connection.
 #[derive(Debug, Clone)]
-pub struct Deliverer {
+pub(crate) struct Deliverer {
     client: reqwest::Client,
     endpoint: Url,
     timeout: Duration,
@@ -171,7 +171,7 @@ pub struct Deliverer {
 impl Deliverer {
     /// POSTs to `endpoint` over `client` (the transport's endpoint client); its timeout
     /// bounds each POST, from sending to the end of the answer's headers.
-    pub fn new(client: reqwest::Client, endpoint: &EndpointConfig) -> Self {
+    pub(crate) fn new(client: reqwest::Client, endpoint: &EndpointConfig) -> Self {
         Self {
             client,
             endpoint: endpoint.url.clone(),
@@ -179,13 +179,8 @@ impl Deliverer {
         }
     }
 
-    /// The endpoint events go to.
-    pub fn endpoint(&self) -> &Url {
-        &self.endpoint
-    }
-
     /// Sends one event and classifies the answer.
-    pub async fn deliver(&self, payload: HttpPayload) -> Outcome {
+    pub(crate) async fn deliver(&self, payload: HttpPayload) -> Outcome {
         let mut request = self
             .client
             .post(self.endpoint.clone())
@@ -210,7 +205,7 @@ impl Deliverer {
     /// Whether the endpoint accepts TCP (and TLS) connections: used to probe a down endpoint
     /// without sending it an event. Any answer, or a connection the endpoint closed after
     /// accepting it, counts as up.
-    pub async fn probe(&self) -> Result<(), Failure> {
+    pub(crate) async fn probe(&self) -> Result<(), Failure> {
         let request = self
             .client
             .head(self.endpoint.clone())
@@ -233,18 +228,18 @@ impl Deliverer {
 }
 
 /// Consecutive connection failures after which the endpoint counts as down.
-pub const ENDPOINT_DOWN_AFTER: u32 = 3;
+pub(crate) const ENDPOINT_DOWN_AFTER: u32 = 3;
 
 /// Tracks consecutive connection failures so the pump can pause while the endpoint is down.
 #[derive(Debug, Default)]
-pub struct EndpointGate {
+pub(crate) struct EndpointGate {
     consecutive_failures: AtomicU32,
     last_error: Mutex<String>,
 }
 
 impl EndpointGate {
     /// Notes the outcome of a delivery attempt.
-    pub fn record(&self, outcome: &Outcome) {
+    pub(crate) fn record(&self, outcome: &Outcome) {
         match outcome {
             Outcome::Retryable {
                 failure: Failure::Connection(error),
@@ -265,15 +260,15 @@ impl EndpointGate {
     }
 
     /// Whether the endpoint refused enough connections in a row to stop receiving.
-    pub fn is_down(&self) -> bool {
+    pub(crate) fn is_down(&self) -> bool {
         self.consecutive_failures() >= ENDPOINT_DOWN_AFTER
     }
 
-    pub fn consecutive_failures(&self) -> u32 {
+    pub(crate) fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures.load(Ordering::Relaxed)
     }
 
-    pub fn last_error(&self) -> String {
+    pub(crate) fn last_error(&self) -> String {
         self.last_error
             .lock()
             .map(|e| e.clone())
@@ -281,7 +276,7 @@ impl EndpointGate {
     }
 
     /// The endpoint answered: count from zero again.
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
     }
 }

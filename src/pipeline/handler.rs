@@ -67,7 +67,7 @@ use time::OffsetDateTime;
 const LEASE_MARGIN: Duration = Duration::from_millis(500);
 /// How long the delete of a delivered message is retried (renewing the lease meanwhile)
 /// before it is given up; the message then comes back and is delivered again.
-pub const DELETE_PATIENCE: Duration = Duration::from_secs(120);
+pub(crate) const DELETE_PATIENCE: Duration = Duration::from_secs(120);
 /// How long releasing a message (at shutdown) may take, retries included.
 const RELEASE_WINDOW: Duration = Duration::from_secs(3);
 /// How long a delivered message whose delete failed is remembered (see [`Acknowledged`]). It
@@ -82,7 +82,7 @@ const LATE_RENEWAL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What happened to one received message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
+pub(crate) enum Disposition {
     /// Delivered and deleted.
     Delivered,
     /// Delivered, but not deleted (lease lost or delete failed): it will come again.
@@ -217,7 +217,7 @@ impl Lease {
 
 /// Handles messages. Cheap to clone into each task.
 #[derive(Clone)]
-pub struct Handler {
+pub(crate) struct Handler {
     queue: Queue,
     poison: PoisonQueue,
     mapper: Arc<EventMapper>,
@@ -229,7 +229,7 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(
+    pub(crate) fn new(
         queue: Queue,
         poison: PoisonQueue,
         mapper: EventMapper,
@@ -250,18 +250,18 @@ impl Handler {
     }
 
     /// The endpoint's connection health, shared with the pump.
-    pub fn gate(&self) -> Arc<EndpointGate> {
+    pub(crate) fn gate(&self) -> Arc<EndpointGate> {
         self.gate.clone()
     }
 
-    pub fn deliverer(&self) -> &Deliverer {
+    pub(crate) fn deliverer(&self) -> &Deliverer {
         &self.deliverer
     }
 
     /// Delivers `message`, leased until `leased_until`, and carries out the decision.
     /// `hard_stop` fires when the shutdown timeout has passed (or a second signal came): a
     /// POST still running is then abandoned and the message released.
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         message: ReceivedMessage,
         leased_until: Instant,
@@ -648,7 +648,7 @@ impl Handler {
     }
 
     /// Releases a message that was received but not started (an immediate stop came first).
-    pub async fn release_unstarted(
+    pub(crate) async fn release_unstarted(
         &self,
         message: ReceivedMessage,
         leased_until: Instant,

@@ -15,12 +15,12 @@
 //! policy what to do and carries it out. Nothing here builds a client or reads a variable:
 //! [`build`] gets both from the command that runs the pipeline.
 
-pub mod endpoint;
-pub mod event;
-pub mod handler;
-pub mod poison;
-pub mod policy;
-pub mod pump;
+pub(crate) mod endpoint;
+pub(crate) mod event;
+pub(crate) mod handler;
+pub(crate) mod poison;
+pub(crate) mod policy;
+pub(crate) mod pump;
 
 use crate::auth::Storage;
 use crate::config::Config;
@@ -34,7 +34,7 @@ use pump::{Pump, PumpSettings};
 
 /// The pump and everything it drives, for `config` and `storage`, with POSTs over
 /// `endpoint_client` and queue clients from `queues`. No network call.
-pub fn build(
+pub(crate) fn build(
     config: &Config,
     storage: &Storage,
     endpoint_client: reqwest::Client,

@@ -24,14 +24,14 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 /// The largest message the queue service accepts.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// The identifier of the envelope format.
-pub const SCHEMA: &str = "azure-queue-sidecar.poison.v1";
+pub(crate) const SCHEMA: &str = "azure-queue-sidecar.poison.v1";
 
 /// Why a message could not be written to the poison queue.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum PoisonError {
+pub(crate) enum PoisonError {
     #[error("the poison queue does not exist (set CREATE_POISON_QUEUE=true or create it)")]
     Missing,
     #[error("the identity may not add messages to the poison queue (403)")]
@@ -42,7 +42,7 @@ pub enum PoisonError {
 
 impl PoisonError {
     /// The `poison_blocked_total` label: `missing`, `denied` or `failed`.
-    pub fn cause(&self) -> &'static str {
+    pub(crate) fn cause(&self) -> &'static str {
         match self {
             PoisonError::Missing => "missing",
             PoisonError::Denied => "denied",
@@ -52,7 +52,7 @@ impl PoisonError {
 }
 
 /// The text written to the poison queue for `message`.
-pub fn envelope(
+pub(crate) fn envelope(
     queue_name: &str,
     message: &ReceivedMessage,
     reason: &PoisonReason,
@@ -85,17 +85,17 @@ pub fn envelope(
 
 /// The poison queue, possibly created on first use.
 #[derive(Debug, Clone)]
-pub struct PoisonQueue {
+pub(crate) struct PoisonQueue {
     queue: Queue,
     create: bool,
 }
 
 impl PoisonQueue {
-    pub fn new(queue: Queue, create: bool) -> Self {
+    pub(crate) fn new(queue: Queue, create: bool) -> Self {
         Self { queue, create }
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.queue.name()
     }
 
@@ -104,7 +104,7 @@ impl PoisonQueue {
     ///
     /// Put Message is not idempotent: a retry after a try whose answer was lost can leave two
     /// copies. An error whose [`QueueError::maybe_applied`] is true means a copy may exist.
-    pub async fn put(&self, text: &str, budget: Budget) -> Result<(), PoisonError> {
+    pub(crate) async fn put(&self, text: &str, budget: Budget) -> Result<(), PoisonError> {
         match self.queue.send_within(text, budget).await {
             Ok(_) => Ok(()),
             Err(error) if error.kind == QueueErrorKind::QueueNotFound && self.create => {

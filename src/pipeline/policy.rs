@@ -21,13 +21,13 @@
 
 use crate::backoff::jittered;
 use crate::config::RetryConfig;
-pub use crate::config::MIN_RETRY_DELAY;
+pub(crate) use crate::config::MIN_RETRY_DELAY;
 use crate::pipeline::endpoint::{Failure, Outcome};
 use std::time::Duration;
 
 /// Why a message is moved to the poison queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PoisonReason {
+pub(crate) enum PoisonReason {
     /// The endpoint refused it in a way that will not change (4xx).
     Rejected(Failure),
     /// It failed on every one of its `MAX_DEQUEUE_COUNT` attempts.
@@ -38,7 +38,7 @@ pub enum PoisonReason {
 
 impl PoisonReason {
     /// A short machine-friendly label.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             PoisonReason::Rejected(_) => "rejected",
             PoisonReason::AttemptsExhausted(_) => "attempts_exhausted",
@@ -47,7 +47,7 @@ impl PoisonReason {
     }
 
     /// The last failure, if the endpoint was involved.
-    pub fn failure(&self) -> Option<&Failure> {
+    pub(crate) fn failure(&self) -> Option<&Failure> {
         match self {
             PoisonReason::Rejected(f) | PoisonReason::AttemptsExhausted(f) => Some(f),
             PoisonReason::Undeliverable(_) => None,
@@ -55,7 +55,7 @@ impl PoisonReason {
     }
 
     /// A one-line description of the last error.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             PoisonReason::Rejected(f) | PoisonReason::AttemptsExhausted(f) => f.describe(),
             PoisonReason::Undeliverable(why) => why.clone(),
@@ -65,13 +65,13 @@ impl PoisonReason {
 
 /// The `retries_scheduled_total` label of a retry: the delivery failure's label, or
 /// `undeliverable` when there was none (see [`Decision::Retry`]).
-pub fn retry_label(failure: Option<&Failure>) -> String {
+pub(crate) fn retry_label(failure: Option<&Failure>) -> String {
     failure.map_or_else(|| "undeliverable".to_string(), Failure::label)
 }
 
 /// The decision after one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Delete,
     /// Hide the message for `delay`. `failure` is the delivery failure that made the retry
     /// necessary; `None` for a message that cannot become a request at all (retried only
@@ -85,14 +85,14 @@ pub enum Decision {
 
 /// The retry rules, from the configuration.
 #[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     pub base_delay: Duration,
     pub max_delay: Duration,
     pub max_dequeue_count: u32,
 }
 
 impl RetryPolicy {
-    pub fn from_config(config: &RetryConfig) -> Self {
+    pub(crate) fn from_config(config: &RetryConfig) -> Self {
         Self {
             base_delay: config.base_delay,
             max_delay: config.max_delay,
@@ -105,7 +105,7 @@ impl RetryPolicy {
     }
 
     /// The delay before attempt `dequeue_count + 1`.
-    pub fn backoff(&self, dequeue_count: u32) -> Duration {
+    pub(crate) fn backoff(&self, dequeue_count: u32) -> Duration {
         let exponent = dequeue_count.saturating_sub(1).min(30);
         let step = self
             .base_delay
@@ -115,7 +115,7 @@ impl RetryPolicy {
     }
 
     /// What to do after an attempt on a message received `dequeue_count` times.
-    pub fn decide(&self, dequeue_count: u32, outcome: &Outcome) -> Decision {
+    pub(crate) fn decide(&self, dequeue_count: u32, outcome: &Outcome) -> Decision {
         match outcome {
             Outcome::Delivered { .. } => Decision::Delete,
             Outcome::Permanent {
@@ -150,7 +150,7 @@ impl RetryPolicy {
 
     /// For a message that cannot become an event at all (e.g. invalid base64): no delivery
     /// was attempted, so no delivery failure stands behind a retry.
-    pub fn undeliverable(&self, why: String) -> Decision {
+    pub(crate) fn undeliverable(&self, why: String) -> Decision {
         self.poison_or_wait(PoisonReason::Undeliverable(why), None)
     }
 

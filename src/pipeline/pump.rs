@@ -50,12 +50,12 @@ const FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const RECEIVE_RETRY_WINDOW: Duration = Duration::from_secs(2);
 /// How long a receive already under way may finish after shutdown was requested: its messages
 /// are leased by then, and abandoning the call would hide them until the lease expires.
-pub const RECEIVE_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const RECEIVE_GRACE: Duration = Duration::from_secs(5);
 /// How often the loop reports it is alive while waiting for free delivery slots.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// After the shutdown timeout, how long releasing the cut-off messages (and finishing deletes
 /// already under way) may take.
-pub const RELEASE_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const RELEASE_GRACE: Duration = Duration::from_secs(10);
 /// After a second signal, how long releasing the messages in flight may take.
 const STOP_NOW_GRACE: Duration = Duration::from_secs(3);
 /// Probe backoff while the endpoint is down.
@@ -70,14 +70,14 @@ const STALL_ITERATIONS: u32 = 3;
 /// iteration's call. A receive's tries all start within [`RECEIVE_RETRY_WINDOW`] and each is
 /// bounded by [`MAX_TRY`]: two full tries are allowed, plus a [`HEARTBEAT`] of waiting for
 /// free slots. With the defaults, 155 s.
-pub fn stall_limit(poll_max_interval: Duration) -> Duration {
+pub(crate) fn stall_limit(poll_max_interval: Duration) -> Duration {
     let slowest_call = 2 * MAX_TRY + HEARTBEAT;
     STALL_ITERATIONS * poll_max_interval.max(FAILURE_BACKOFF_MAX) + slowest_call
 }
 
 /// The loop's tunables, taken from the configuration.
 #[derive(Debug, Clone, Copy)]
-pub struct PumpSettings {
+pub(crate) struct PumpSettings {
     pub batch_size: u32,
     pub max_in_flight: usize,
     pub visibility_timeout: Duration,
@@ -87,7 +87,7 @@ pub struct PumpSettings {
 }
 
 impl PumpSettings {
-    pub fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &Config) -> Self {
         Self {
             batch_size: config.batch_size,
             max_in_flight: config.max_in_flight,
@@ -108,7 +108,7 @@ impl PumpSettings {
 
 /// Counts for the one-line summary printed at exit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub received: u64,
     pub delivered: u64,
     pub delivered_not_deleted: u64,
@@ -139,14 +139,14 @@ impl Summary {
 }
 
 /// The receive loop.
-pub struct Pump {
+pub(crate) struct Pump {
     queue: Queue,
     handler: Handler,
     settings: PumpSettings,
 }
 
 impl Pump {
-    pub fn new(queue: Queue, handler: Handler, settings: PumpSettings) -> Self {
+    pub(crate) fn new(queue: Queue, handler: Handler, settings: PumpSettings) -> Self {
         Self {
             queue,
             handler,
@@ -156,7 +156,7 @@ impl Pump {
 
     /// Runs until `shutdown` fires, then waits for deliveries in progress and returns what
     /// happened.
-    pub async fn run(self, mut shutdown: Shutdown) -> Summary {
+    pub(crate) async fn run(self, mut shutdown: Shutdown) -> Summary {
         let slots = Arc::new(Semaphore::new(self.settings.max_in_flight));
         let mut tasks: JoinSet<Disposition> = JoinSet::new();
         let mut summary = Summary::default();

@@ -38,7 +38,7 @@ const LEASE_LOST: &str = "message_gone";
 
 /// A probe's answer: whether it passes, and a short reason for humans.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Probe {
+pub(crate) struct Probe {
     pub ok: bool,
     pub reason: String,
 }
@@ -61,7 +61,7 @@ impl Probe {
 
 /// What a queue answer changed, so the event can log state changes (and only those).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueTransition {
+pub(crate) enum QueueTransition {
     /// The very first successful answer: the sidecar became ready (after `failed_calls`
     /// failures).
     FirstAnswer { failed_calls: u64 },
@@ -73,7 +73,7 @@ pub enum QueueTransition {
 
 /// What a delivery result changed about the endpoint's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndpointTransition {
+pub(crate) enum EndpointTransition {
     /// A failure of a new kind: log it at warning level.
     NewFailure,
     /// The same failure again: log it at debug level.
@@ -98,7 +98,7 @@ struct State {
 
 /// The process's health. One instance per process ([`health`]); tests make their own.
 #[derive(Debug)]
-pub struct Health {
+pub(crate) struct Health {
     state: Mutex<State>,
     /// The receive path's failures, by kind.
     queue: Tracker<(), &'static str>,
@@ -111,7 +111,7 @@ pub struct Health {
 impl Health {
     /// Fresh state: alive as of `now`, not ready yet, and no stall detection until the pump
     /// says how long it may go quiet.
-    pub fn new(now: Instant) -> Self {
+    pub(crate) fn new(now: Instant) -> Self {
         Self {
             state: Mutex::new(State {
                 last_heartbeat: now,
@@ -134,17 +134,17 @@ impl Health {
     }
 
     /// Sets how long the loop may go quiet.
-    pub fn set_stall_limit(&self, limit: Duration) {
+    pub(crate) fn set_stall_limit(&self, limit: Duration) {
         self.lock().stall_limit = limit;
     }
 
     /// The receive loop is alive at `now`.
-    pub fn heartbeat(&self, now: Instant) {
+    pub(crate) fn heartbeat(&self, now: Instant) {
         self.lock().last_heartbeat = now;
     }
 
     /// A call of the receive path succeeded.
-    pub fn queue_answered(&self) -> QueueTransition {
+    pub(crate) fn queue_answered(&self) -> QueueTransition {
         let mut state = self.lock();
         state.last_failure = None;
         let failed_calls = self.queue.recovered(&()).unwrap_or(0);
@@ -161,7 +161,7 @@ impl Health {
     /// A queue call (`operation`) failed with `kind`. Only the receive path's calls count
     /// (see the module docs), and a lost lease is not a fault of the queue. True when the
     /// failure is news: the first of this kind since the queue last answered.
-    pub fn queue_failed(&self, operation: &'static str, kind: &'static str) -> bool {
+    pub(crate) fn queue_failed(&self, operation: &'static str, kind: &'static str) -> bool {
         if !RECEIVE_PATH.contains(&operation) || kind == LEASE_LOST {
             return false;
         }
@@ -171,7 +171,7 @@ impl Health {
     }
 
     /// Receiving paused (the endpoint is down) or resumed. Resuming counts as progress.
-    pub fn receiving_paused(&self, paused: bool) {
+    pub(crate) fn receiving_paused(&self, paused: bool) {
         let mut state = self.lock();
         state.paused = paused;
         if !paused {
@@ -180,19 +180,19 @@ impl Health {
     }
 
     /// Shutdown started: not ready any more, and no stall detection during the drain.
-    pub fn shutting_down(&self) {
+    pub(crate) fn shutting_down(&self) {
         self.lock().shutting_down = true;
     }
 
     /// Whether the queue answered the receive path's last call.
-    pub fn queue_ready(&self) -> bool {
+    pub(crate) fn queue_ready(&self) -> bool {
         let state = self.lock();
         state.answered_once && state.last_failure.is_none()
     }
 
     /// The liveness probe at `now`. The second value is true when the answer differs from the
     /// previous one, so the change can be logged once.
-    pub fn liveness(&self, now: Instant) -> (Probe, bool) {
+    pub(crate) fn liveness(&self, now: Instant) -> (Probe, bool) {
         let state = self.lock();
         let quiet = now.saturating_duration_since(state.last_heartbeat);
         let probe = if state.shutting_down {
@@ -216,7 +216,7 @@ impl Health {
     }
 
     /// The readiness probe.
-    pub fn readiness(&self) -> Probe {
+    pub(crate) fn readiness(&self) -> Probe {
         let state = self.lock();
         if state.shutting_down {
             return Probe::fail("shutting down");
@@ -232,7 +232,7 @@ impl Health {
 
     /// A delivery failed in a way that repeats while the endpoint is down or overloaded
     /// (`kind`: `connection`, `timeout` or a status code).
-    pub fn endpoint_failed(&self, kind: &str) -> EndpointTransition {
+    pub(crate) fn endpoint_failed(&self, kind: &str) -> EndpointTransition {
         match self.endpoint.failed((), kind.to_string()) {
             true => EndpointTransition::NewFailure,
             false => EndpointTransition::Repeated,
@@ -240,7 +240,7 @@ impl Health {
     }
 
     /// A delivery succeeded.
-    pub fn endpoint_delivered(&self) -> EndpointTransition {
+    pub(crate) fn endpoint_delivered(&self) -> EndpointTransition {
         match self.endpoint.recovered(&()) {
             Some(failures) => EndpointTransition::Recovered { failures },
             None => EndpointTransition::Unchanged,
@@ -249,7 +249,7 @@ impl Health {
 }
 
 /// The process-wide health.
-pub fn health() -> &'static Health {
+pub(crate) fn health() -> &'static Health {
     static HEALTH: OnceLock<Health> = OnceLock::new();
     HEALTH.get_or_init(|| Health::new(Instant::now()))
 }

@@ -13,14 +13,14 @@ use prometheus_client::registry::Registry;
 use std::sync::OnceLock;
 
 /// Label pairs of a metric family.
-pub type Labels = Vec<(&'static str, String)>;
+pub(crate) type Labels = Vec<(&'static str, String)>;
 
 /// A histogram family's constructor (a plain function, so the family's type can be named).
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// Every metric the sidecar exports. Counters are exported with the OpenMetrics `_total`
 /// suffix, e.g. `azure_queue_sidecar_messages_received_total`.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub messages_received: Counter,
     pub deliveries: Family<Labels, Counter>,
@@ -71,7 +71,7 @@ pub struct Metrics {
 
 /// How far shutdown has gone, as the `shutdown_phase` gauge shows it.
 #[derive(Debug, Clone, Copy)]
-pub enum ShutdownPhase {
+pub(crate) enum ShutdownPhase {
     /// The first signal: no new messages, deliveries in progress finish.
     Draining = 1,
     /// A second signal: deliveries in progress are cut off.
@@ -265,7 +265,7 @@ impl Metrics {
     }
 
     /// Records how far shutdown has gone.
-    pub fn set_shutdown_phase(&self, phase: ShutdownPhase) {
+    pub(crate) fn set_shutdown_phase(&self, phase: ShutdownPhase) {
         self.shutdown_phase.set(phase as i64);
     }
 
@@ -296,7 +296,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -305,7 +305,7 @@ impl Metrics {
 }
 
 /// The process-wide metrics.
-pub fn metrics() -> &'static Metrics {
+pub(crate) fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
 }

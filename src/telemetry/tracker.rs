@@ -27,7 +27,7 @@ struct Failing<K, S> {
 
 /// Failing subjects and their states (see the module docs).
 #[derive(Debug)]
-pub struct Tracker<K = (), S = ()> {
+pub(crate) struct Tracker<K = (), S = ()> {
     failing: Mutex<Vec<Failing<K, S>>>,
 }
 
@@ -39,7 +39,7 @@ impl<K, S> Default for Tracker<K, S> {
 
 impl<K, S> Tracker<K, S> {
     /// Nothing failing yet.
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self {
             failing: Mutex::new(Vec::new()),
         }
@@ -55,14 +55,14 @@ impl<K, S> Tracker<K, S> {
 impl<K: PartialEq, S: PartialEq> Tracker<K, S> {
     /// `subject` failed in `state`. True when that is worth a line: the first failure in this
     /// state (a new state after another one counts as news).
-    pub fn failed(&self, subject: K, state: S) -> bool {
+    pub(crate) fn failed(&self, subject: K, state: S) -> bool {
         self.record(subject, state, true)
     }
 
     /// `subject` failed in `state`, but this failure is not to be reported (someone else
     /// reports it). Counted like any other; a later reportable failure in the same state is
     /// still news.
-    pub fn failed_unreported(&self, subject: K, state: S) {
+    pub(crate) fn failed_unreported(&self, subject: K, state: S) {
         self.record(subject, state, false);
     }
 
@@ -96,7 +96,7 @@ impl<K: PartialEq, S: PartialEq> Tracker<K, S> {
 
     /// `subject` works. The failures since it last worked, if any of them was reported (a
     /// recovery is worth a line only after a failure was).
-    pub fn recovered(&self, subject: &K) -> Option<u64> {
+    pub(crate) fn recovered(&self, subject: &K) -> Option<u64> {
         let mut failing = self.lock();
         let index = failing.iter().position(|f| f.subject == *subject)?;
         let entry = failing.swap_remove(index);
@@ -104,7 +104,7 @@ impl<K: PartialEq, S: PartialEq> Tracker<K, S> {
     }
 
     /// Whether `subject` is failing (its last outcome was a failure).
-    pub fn is_failing(&self, subject: &K) -> bool {
+    pub(crate) fn is_failing(&self, subject: &K) -> bool {
         self.lock().iter().any(|f| f.subject == *subject)
     }
 }

@@ -27,8 +27,6 @@ mod procfs;
 mod proxy;
 mod sink;
 
-use azure_core::credentials::Secret;
-use azure_queue_sidecar::testing::Credential;
 use azure_queue_sidecar::testing::{Queue, QueueConnector};
 use feeder::{message_text, Feeder};
 use procfs::{CpuSample, MachineSample, Memory};
@@ -258,10 +256,9 @@ async fn run() {
     eprintln!("[bench] load average before: {load_before}");
 
     azure_queue_sidecar::testing::install_crypto_provider();
-    let credential =
-        Credential::shared_key(ACCOUNT.to_string(), Secret::new(KEY)).expect("dev key");
     let http = azure_queue_sidecar::testing::http_client().expect("http client");
-    let connector = QueueConnector::new(credential, http);
+    let connector =
+        azure_queue_sidecar::testing::account_key_queues(ACCOUNT, KEY, http).expect("dev key");
 
     let consumed = Arc::new(AtomicU64::new(0));
     let wake = Arc::new(Notify::new());

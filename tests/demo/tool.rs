@@ -5,8 +5,8 @@
 //! - `demo-tool echo <port>`: an HTTP endpoint that prints every CloudEvent it receives and
 //!   answers 200 — a stand-in for your application.
 
-use azure_queue_sidecar::testing::{connection_string, Credential};
-use azure_queue_sidecar::testing::{http_client, QueueConnector};
+use azure_queue_sidecar::testing::connection_string;
+use azure_queue_sidecar::testing::{account_key_queues, http_client};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::server::conn::http1;
@@ -39,7 +39,6 @@ async fn send(queue_name: &str, texts: &[String]) -> Result<(), String> {
     let (Some(account), Some(key)) = (parsed.account_name, parsed.account_key) else {
         return Err("the demo needs an account-key connection string".into());
     };
-    let credential = Credential::shared_key(account, key).map_err(|e| e.to_string())?;
     let mut service = match std::env::var("AZURE_STORAGE_QUEUE_ENDPOINT") {
         Ok(url) => url::Url::parse(&url).map_err(|e| e.to_string())?,
         Err(_) => parsed.queue_endpoint,
@@ -47,7 +46,8 @@ async fn send(queue_name: &str, texts: &[String]) -> Result<(), String> {
     let path = format!("{}/{queue_name}", service.path().trim_end_matches('/'));
     service.set_path(&path);
     let http = http_client().map_err(|e| e.to_string())?;
-    let queue = QueueConnector::new(credential, http)
+    let queue = account_key_queues(&account, key.secret(), http)
+        .map_err(|e| e.to_string())?
         .queue(service)
         .map_err(|e| e.to_string())?;
     queue.create().await.map_err(|e| e.to_string())?;

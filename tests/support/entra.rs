@@ -12,9 +12,7 @@
 //! It answers 403 `AuthenticationFailed` with `Invalid token audience.` otherwise.
 
 use super::{azurite_bin, free_port, wait_until, Output, ACCOUNT, KEY};
-use azure_core::credentials::Secret;
-use azure_queue_sidecar::testing::Credential;
-use azure_queue_sidecar::testing::{Queue, QueueConnector};
+use azure_queue_sidecar::testing::Queue;
 use base64::Engine;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -224,10 +222,9 @@ impl AzuriteTls {
 
     /// A client for `name` authorized with the account key, for the test's own setup calls.
     pub fn queue(&self, name: &str) -> Queue {
-        let credential =
-            Credential::shared_key(ACCOUNT.to_string(), Secret::new(KEY)).expect("dev key");
         let url = Url::parse(&format!("{}/{name}", self.service_url())).expect("queue url");
-        QueueConnector::new(credential, self.http.clone())
+        azure_queue_sidecar::testing::account_key_queues(ACCOUNT, KEY, self.http.clone())
+            .expect("dev key")
             .queue(url)
             .expect("queue client")
     }

@@ -6,8 +6,7 @@
 #![allow(dead_code)]
 
 use azure_core::credentials::Secret;
-use azure_queue_sidecar::testing::Credential;
-use azure_queue_sidecar::testing::{Queue, QueueConnector};
+use azure_queue_sidecar::testing::Queue;
 use base64::Engine;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -180,11 +179,10 @@ impl Azurite {
     /// A client for `queue` authorized with the account key.
     pub fn queue(&self, name: &str) -> Queue {
         azure_queue_sidecar::testing::install_crypto_provider();
-        let credential =
-            Credential::shared_key(ACCOUNT.to_string(), Secret::new(KEY)).expect("dev key");
         let http = azure_queue_sidecar::testing::http_client().expect("http client");
         let url = Url::parse(&format!("{}/{name}", self.service_url())).expect("queue url");
-        QueueConnector::new(credential, http)
+        azure_queue_sidecar::testing::account_key_queues(ACCOUNT, KEY, http)
+            .expect("dev key")
             .queue(url)
             .expect("queue client")
     }

@@ -29,10 +29,11 @@ mod model;
 mod recognise;
 mod text;
 
-pub use model::{Event, HttpPayload, Notice, Origin};
-pub use text::{
-    is_json, percent_encode_header, JSON, MAX_JSON_DEPTH, OCTET_STREAM, STRUCTURED, TEXT,
-};
+pub(crate) use model::{Event, Notice};
+pub use model::{HttpPayload, Origin};
+#[cfg(test)]
+use text::percent_encode_header;
+pub use text::{is_json, JSON, STRUCTURED};
 
 use crate::config::{ContentMode, EventConfig};
 use crate::queue::ReceivedMessage;
@@ -40,7 +41,7 @@ use crate::telemetry::tracker::Tracker;
 use model::{Attribute, AttributeValue, Data};
 use recognise::{classify, Found};
 use std::borrow::Cow;
-use text::{decode_base64, utc_rfc3339};
+use text::{decode_base64, utc_rfc3339, OCTET_STREAM, TEXT};
 
 /// Why a message could not become an event. Such a message will never succeed as it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,7 +71,7 @@ impl EventMapper {
     }
 
     /// The content mode events are sent in.
-    pub fn mode(&self) -> ContentMode {
+    pub(crate) fn mode(&self) -> ContentMode {
         self.config.mode
     }
 

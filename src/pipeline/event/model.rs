@@ -94,14 +94,6 @@ impl Attribute {
         }
     }
 
-    /// The value as text (before percent-encoding), `None` if null.
-    fn text(&self) -> Option<&str> {
-        match &self.value {
-            AttributeValue::String(text) | AttributeValue::Number(text) => Some(text),
-            AttributeValue::Raw { text, .. } => text.as_deref(),
-        }
-    }
-
     /// The value as structured mode writes it.
     fn json(&self) -> Cow<'_, str> {
         match &self.value {
@@ -158,14 +150,6 @@ impl Event {
     /// Something to report about the message, if anything.
     pub fn notice(&self) -> Option<&Notice> {
         self.notice.as_ref()
-    }
-
-    /// An attribute's value as text (`None` if absent or null).
-    pub fn attribute(&self, name: &str) -> Option<&str> {
-        self.attributes
-            .iter()
-            .find(|a| a.name == name)
-            .and_then(Attribute::text)
     }
 
     /// Sets an attribute, replacing one of the same name wherever it was.

@@ -1,7 +1,7 @@
 //! Unit tests of the event layer.
 
 use super::recognise::Members;
-use super::text::json_string;
+use super::text::{json_string, MAX_JSON_DEPTH};
 use super::*;
 use crate::config::EventGridSchema;
 use base64::Engine;

@@ -9,16 +9,16 @@ use time::{OffsetDateTime, UtcOffset};
 /// The content type of JSON data.
 pub const JSON: &str = "application/json";
 /// The content type of UTF-8 text that is not JSON.
-pub const TEXT: &str = "text/plain; charset=utf-8";
+pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
 /// The content type of anything else.
-pub const OCTET_STREAM: &str = "application/octet-stream";
+pub(crate) const OCTET_STREAM: &str = "application/octet-stream";
 /// The structured-mode content type.
 pub const STRUCTURED: &str = "application/cloudevents+json";
 
 /// The deepest nesting of arrays and objects a message may have to count as JSON. Deeper text
 /// is delivered as text: a structured-mode envelope around it would exceed what common JSON
 /// parsers accept (serde_json stops at 128 levels).
-pub const MAX_JSON_DEPTH: usize = 128;
+pub(crate) const MAX_JSON_DEPTH: usize = 128;
 
 /// Whether `text` is JSON (RFC 8259, any numbers; nested at most [`MAX_JSON_DEPTH`] deep).
 /// Validated without building a document: no number is ever converted, so `1e400` and
@@ -135,7 +135,8 @@ pub(super) fn json_string(value: &str) -> String {
 /// Percent-encodes a `ce-` header value as the HTTP binding (3.1.3.2) requires: space, `"`,
 /// `%` and everything outside printable ASCII, byte by byte in UTF-8. The result is always a
 /// valid header value, whatever the input.
-pub fn percent_encode_header(value: &str) -> String {
+#[cfg(test)]
+pub(crate) fn percent_encode_header(value: &str) -> String {
     percent_encoded(value.to_string())
 }
 

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use tracing::{debug, error, info};
 
 /// The admin server listens.
-pub struct AdminServerStarted {
+pub(crate) struct AdminServerStarted {
     pub addr: SocketAddr,
 }
 
@@ -26,7 +26,7 @@ impl InternalEvent for AdminServerStarted {
 
 /// An admin connection failed (a client hung up, sent garbage or was too slow). Not a fault of
 /// the sidecar; debug level only.
-pub struct AdminConnectionFailed<'a> {
+pub(crate) struct AdminConnectionFailed<'a> {
     pub error: &'a (dyn std::error::Error + 'static),
 }
 
@@ -38,7 +38,7 @@ impl InternalEvent for AdminConnectionFailed<'_> {
 }
 
 /// The liveness probe's answer changed.
-pub struct LivenessChanged<'a> {
+pub(crate) struct LivenessChanged<'a> {
     pub probe: &'a Probe,
 }
 

@@ -15,7 +15,7 @@ static IDENTITIES: Tracker<&str> = Tracker::new();
 
 /// A token was acquired (about once an hour per identity). The token itself never reaches an
 /// event.
-pub struct TokenAcquired {
+pub(crate) struct TokenAcquired {
     pub identity: &'static str,
     pub expires_in: Duration,
 }
@@ -47,7 +47,7 @@ impl InternalEvent for TokenAcquired {
 
 /// A token request failed after the token endpoint's retries. Logged once while the identity
 /// keeps failing, so an outage is one line; the metric counts all.
-pub struct TokenRequestFailed<'a> {
+pub(crate) struct TokenRequestFailed<'a> {
     pub identity: &'static str,
     /// Already scrubbed of secrets.
     pub error: &'a str,
@@ -77,7 +77,7 @@ impl InternalEvent for TokenRequestFailed<'_> {
 /// One call to the token endpoint failed (it may be retried with backoff). Only the status or
 /// the transport error is logged, never a body: bodies carry tokens. A warning while the
 /// identity works; once it is failing, debug level (the metric still counts).
-pub struct TokenEndpointAttemptFailed<'a> {
+pub(crate) struct TokenEndpointAttemptFailed<'a> {
     pub identity: &'static str,
     /// 1 for the first try, 2 for the first retry, ...
     pub attempt: u32,

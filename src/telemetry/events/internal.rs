@@ -5,7 +5,7 @@ use crate::telemetry::metrics::Labels;
 use std::time::Duration;
 
 /// Something that happened, worth a log line and a metric.
-pub trait InternalEvent {
+pub(crate) trait InternalEvent {
     fn emit(self);
 }
 

@@ -8,7 +8,7 @@ use tracing::{debug, error, info, warn};
 
 /// The receive loop is alive: emitted on every iteration and periodically while it waits for
 /// free delivery slots, so liveness can tell "busy" from "stuck".
-pub struct PumpHeartbeat;
+pub(crate) struct PumpHeartbeat;
 
 impl InternalEvent for PumpHeartbeat {
     fn emit(self) {
@@ -18,7 +18,7 @@ impl InternalEvent for PumpHeartbeat {
 }
 
 /// The endpoint refuses connections repeatedly: receiving pauses.
-pub struct EndpointDown<'a> {
+pub(crate) struct EndpointDown<'a> {
     pub consecutive_failures: u32,
     pub last_error: &'a str,
 }
@@ -36,7 +36,7 @@ impl InternalEvent for EndpointDown<'_> {
 }
 
 /// The endpoint accepts connections again: receiving resumes.
-pub struct EndpointUp {
+pub(crate) struct EndpointUp {
     pub paused_for: Duration,
 }
 
@@ -52,7 +52,7 @@ impl InternalEvent for EndpointUp {
 }
 
 /// Shutdown began: readiness turns off, liveness stops watching the loop.
-pub struct ShutdownStarted;
+pub(crate) struct ShutdownStarted;
 
 impl InternalEvent for ShutdownStarted {
     fn emit(self) {
@@ -64,7 +64,7 @@ impl InternalEvent for ShutdownStarted {
 
 /// A second SIGTERM/SIGINT during the drain: deliveries in progress are cut off now and their
 /// messages released.
-pub struct StopNowRequested {
+pub(crate) struct StopNowRequested {
     pub in_flight: usize,
 }
 
@@ -79,7 +79,7 @@ impl InternalEvent for StopNowRequested {
 }
 
 /// Shutdown: the drain ended.
-pub struct DrainFinished {
+pub(crate) struct DrainFinished {
     /// Deliveries were cut off (the timeout passed, or a second signal came).
     pub timed_out: bool,
     pub released: u64,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
 /// One delivery attempt finished, whatever its outcome.
-pub struct DeliveryAttempted<'a> {
+pub(crate) struct DeliveryAttempted<'a> {
     pub message_id: &'a str,
     pub dequeue_count: u32,
     /// `delivered`, `retryable` or `permanent`.
@@ -94,7 +94,7 @@ impl InternalEvent for DeliveryAttempted<'_> {
 }
 
 /// A message could not be turned into an event.
-pub struct MessageUnmappable<'a> {
+pub(crate) struct MessageUnmappable<'a> {
     pub message_id: &'a str,
     pub dequeue_count: u32,
     pub reason: &'a str,
@@ -121,7 +121,7 @@ impl InternalEvent for MessageUnmappable<'_> {
 
 /// A message looked like a CloudEvent or an Event Grid event but was not a valid one, so it
 /// went out wrapped as data.
-pub struct InvalidEventWrapped<'a> {
+pub(crate) struct InvalidEventWrapped<'a> {
     pub message_id: &'a str,
     /// `CloudEvent` or `Event Grid event`.
     pub looks_like: &'a str,
@@ -145,7 +145,7 @@ impl InternalEvent for InvalidEventWrapped<'_> {
 /// A message's text is base64 of an event while `DECODE_BASE64` is off: it is delivered as
 /// text. The event mapper notices this once per process (it is a hint about the
 /// configuration, not about the message).
-pub struct Base64EventNoticed<'a> {
+pub(crate) struct Base64EventNoticed<'a> {
     pub message_id: &'a str,
     /// `CloudEvent` or `Event Grid event`.
     pub looks_like: &'a str,
@@ -165,7 +165,7 @@ impl InternalEvent for Base64EventNoticed<'_> {
 }
 
 /// A delivered message was deleted.
-pub struct MessageDeleted<'a> {
+pub(crate) struct MessageDeleted<'a> {
     pub message_id: &'a str,
     /// The service confirmed an earlier try only by the message being gone on a retry: that
     /// try's answer was lost.
@@ -186,7 +186,7 @@ impl InternalEvent for MessageDeleted<'_> {
 
 /// A message this process had delivered came back (its delete had failed) and is deleted
 /// instead of being delivered again.
-pub struct RedeliveryAvoided<'a> {
+pub(crate) struct RedeliveryAvoided<'a> {
     pub message_id: &'a str,
     pub dequeue_count: u32,
 }
@@ -203,7 +203,7 @@ impl InternalEvent for RedeliveryAvoided<'_> {
 }
 
 /// The message's lease was lost: another consumer owns it, or it is gone.
-pub struct LeaseLost<'a> {
+pub(crate) struct LeaseLost<'a> {
     pub message_id: &'a str,
     /// The queue operation that found out.
     pub operation: &'static str,
@@ -237,7 +237,7 @@ impl InternalEvent for LeaseLost<'_> {
 }
 
 /// Deliveries in progress went up or down by one.
-pub struct InFlightChanged {
+pub(crate) struct InFlightChanged {
     pub delta: i64,
 }
 
@@ -248,7 +248,7 @@ impl InternalEvent for InFlightChanged {
 }
 
 /// A failed message was hidden until its next attempt.
-pub struct RetryScheduled<'a> {
+pub(crate) struct RetryScheduled<'a> {
     pub message_id: &'a str,
     pub dequeue_count: u32,
     /// What made the retry necessary: the delivery failure's label (a status, `timeout`,
@@ -275,7 +275,7 @@ impl InternalEvent for RetryScheduled<'_> {
 }
 
 /// The lease of a long delivery was extended.
-pub struct LeaseRenewed<'a> {
+pub(crate) struct LeaseRenewed<'a> {
     pub message_id: &'a str,
 }
 
@@ -288,7 +288,7 @@ impl InternalEvent for LeaseRenewed<'_> {
 }
 
 /// A message was made visible again at shutdown, for another replica to take.
-pub struct MessageReleased<'a> {
+pub(crate) struct MessageReleased<'a> {
     pub message_id: &'a str,
 }
 

@@ -29,19 +29,19 @@ mod message;
 mod poison;
 mod queue;
 
-pub use admin::{AdminConnectionFailed, AdminServerStarted, LivenessChanged};
-pub use identity::{TokenAcquired, TokenEndpointAttemptFailed, TokenRequestFailed};
-pub use internal::InternalEvent;
-pub use lifecycle::{
+pub(crate) use admin::{AdminConnectionFailed, AdminServerStarted, LivenessChanged};
+pub(crate) use identity::{TokenAcquired, TokenEndpointAttemptFailed, TokenRequestFailed};
+pub(crate) use internal::InternalEvent;
+pub(crate) use lifecycle::{
     DrainFinished, EndpointDown, EndpointUp, PumpHeartbeat, ShutdownStarted, StopNowRequested,
 };
-pub use message::{
+pub(crate) use message::{
     Base64EventNoticed, DeliveryAttempted, InFlightChanged, InvalidEventWrapped, LeaseLost,
     LeaseRenewed, MessageDeleted, MessageReleased, MessageUnmappable, RedeliveryAvoided,
     RetryScheduled,
 };
-pub use poison::{Degraded, MessagePoisoned, PoisonBlocked, PoisonedNotDeleted};
-pub use queue::{
+pub(crate) use poison::{Degraded, MessagePoisoned, PoisonBlocked, PoisonedNotDeleted};
+pub(crate) use queue::{
     QueueCallCompleted, QueueCallFailed, QueueCallRetried, QueueFailure, QueueLengthFailed,
     QueueLengthObserved, ReceiveFailed, ReceiveSucceeded,
 };

@@ -7,7 +7,7 @@ use std::fmt::Display;
 use tracing::{error, warn};
 
 /// A message was moved to the poison queue and deleted from the main queue.
-pub struct MessagePoisoned<'a> {
+pub(crate) struct MessagePoisoned<'a> {
     pub message_id: &'a str,
     pub dequeue_count: u32,
     /// `rejected`, `attempts_exhausted` or `undeliverable`.
@@ -40,7 +40,7 @@ impl InternalEvent for MessagePoisoned<'_> {
 
 /// A poison copy was written, but the message could not be deleted from the main queue: it
 /// comes back and is poisoned again, leaving a second copy in the poison queue.
-pub struct PoisonedNotDeleted<'a> {
+pub(crate) struct PoisonedNotDeleted<'a> {
     pub message_id: &'a str,
     pub poison_queue: &'a str,
 }
@@ -64,7 +64,7 @@ static POISON_BLOCKED: Tracker<&str> = Tracker::new();
 /// A message that should be poisoned stays in the main queue, because the poison queue is
 /// missing or may not be written. Counted every time; a missing queue or permission is
 /// logged once, any other failure every time.
-pub struct PoisonBlocked<'a> {
+pub(crate) struct PoisonBlocked<'a> {
     pub message_id: &'a str,
     pub poison_queue: &'a str,
     /// `missing`, `denied`, or `failed` (any other queue error).
@@ -98,7 +98,7 @@ static DEGRADED: Tracker<&str> = Tracker::new();
 
 /// The identity lacks a permission, so a feature falls back. Emitted at every refusal; logged
 /// once per feature.
-pub struct Degraded {
+pub(crate) struct Degraded {
     pub feature: &'static str,
     pub consequence: &'static str,
 }

@@ -10,7 +10,7 @@ use tracing::{debug, error, info, warn};
 
 /// A failed queue call (or one try of it), as label values and text.
 #[derive(Clone, Copy)]
-pub struct QueueFailure<'a> {
+pub(crate) struct QueueFailure<'a> {
     /// `receive`, `delete`, `update`, `send`, `properties`, `create`.
     pub operation: &'static str,
     /// `unreachable`, `unauthorized`, `queue_not_found`, `message_gone`, `throttled`,
@@ -57,7 +57,7 @@ impl QueueFailure<'_> {
 
 /// A Get Messages call succeeded (possibly with no messages): the queue is reachable and the
 /// credentials work.
-pub struct ReceiveSucceeded {
+pub(crate) struct ReceiveSucceeded {
     pub count: usize,
 }
 
@@ -97,7 +97,7 @@ pub(super) fn queue_answered(operation: &'static str) {
 /// The receive loop's Get Messages failed (after the queue layer's retries); the loop backs
 /// off for `retry_in`. Logged once per change of the queue's state (the first failure of a
 /// kind since the queue last answered); the metric counts every one.
-pub struct ReceiveFailed<'a> {
+pub(crate) struct ReceiveFailed<'a> {
     pub failure: QueueFailure<'a>,
     pub retry_in: Duration,
 }
@@ -113,7 +113,7 @@ impl InternalEvent for ReceiveFailed<'_> {
 
 /// A queue call on one message failed for good (the lease ran out, or retrying cannot help).
 /// Always logged: it is about this message. It also counts against readiness.
-pub struct QueueCallFailed<'a> {
+pub(crate) struct QueueCallFailed<'a> {
     pub failure: QueueFailure<'a>,
     pub message_id: &'a str,
     /// When the caller tries again, if it does.
@@ -131,7 +131,7 @@ impl InternalEvent for QueueCallFailed<'_> {
 /// One try of a queue call failed and will be retried (the final failure of a call is a
 /// [`QueueCallFailed`], a [`ReceiveFailed`] or a more specific event). Counted; logged at
 /// debug level only, and not a readiness failure: only a call that fails for good is.
-pub struct QueueCallRetried<'a> {
+pub(crate) struct QueueCallRetried<'a> {
     pub failure: QueueFailure<'a>,
     /// 1 for the first try.
     pub attempt: u32,
@@ -157,7 +157,7 @@ impl InternalEvent for QueueCallRetried<'_> {
 
 /// One try of a queue call finished, successfully or not (failures are also reported by the
 /// caller, which knows what they mean).
-pub struct QueueCallCompleted {
+pub(crate) struct QueueCallCompleted {
     pub operation: &'static str,
     pub latency: Duration,
 }
@@ -177,7 +177,7 @@ static QUEUE_LENGTH: Tracker<(), (&str, Option<u16>)> = Tracker::new();
 
 /// The queue's approximate message count was read. After a reported failure, this is also
 /// the line saying it works again.
-pub struct QueueLengthObserved {
+pub(crate) struct QueueLengthObserved {
     pub count: u64,
 }
 
@@ -197,7 +197,7 @@ impl InternalEvent for QueueLengthObserved {
 /// and status) only while the receive path works: then the failure is specific to the
 /// properties call, typically a missing permission. Failures the receive loop also meets are
 /// already reported by it and stay at debug level.
-pub struct QueueLengthFailed<'a> {
+pub(crate) struct QueueLengthFailed<'a> {
     pub failure: QueueFailure<'a>,
 }
 
