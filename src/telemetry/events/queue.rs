@@ -64,9 +64,9 @@ pub(crate) struct ReceiveSucceeded {
 impl InternalEvent for ReceiveSucceeded {
     fn emit(self) {
         queue_answered("receive");
+        metrics().messages_received.inc_by(self.count as u64);
         if self.count > 0 {
             debug!(count = self.count, "received messages");
-            metrics().messages_received.inc_by(self.count as u64);
         }
     }
 }
