@@ -25,6 +25,9 @@ if [ -n "$dupes" ]; then
   exit 1
 fi
 
+step "module graph: no cycle, layer rules (tests/modules.py)"
+python3 tests/modules.py
+
 step "cargo test"
 cargo test --locked --all-targets
 

@@ -24,8 +24,8 @@
 mod error;
 mod retry;
 
-pub(crate) use error::{Operation, QueueErrorKind};
 pub use error::QueueError;
+pub(crate) use error::{Operation, QueueErrorKind};
 pub(crate) use retry::{Budget, MAX_TRY};
 
 use crate::auth::Credential;
