@@ -420,6 +420,9 @@ impl Bench {
             )
             .env("QUEUE_NAME", queue)
             .env("ENDPOINT_URL", &self.sink.url)
+            // The admin server on a free loopback port: the default (0.0.0.0:9464) may be
+            // taken by another sidecar on the machine (a test run next to the benchmark).
+            .env("ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
             .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
@@ -900,7 +903,18 @@ impl Bench {
             let delivered =
                 wait_for(Duration::from_secs(300), || self.sink.stats.distinct() >= n).await;
             let emptied = self.wait_empty(&queue, Duration::from_secs(60)).await;
-            guard.terminate(Duration::from_secs(60));
+            // SIGTERM to strace would detach it and leave the sidecar running: stop the
+            // sidecar, and strace writes its summary and exits with it.
+            if let Some(sidecar) = child_of(guard.pid()) {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &sidecar.to_string()])
+                    .status();
+                let _ = wait_for(Duration::from_secs(30), || {
+                    matches!(guard.child.try_wait(), Ok(Some(_)))
+                })
+                .await;
+            }
+            guard.terminate(Duration::from_secs(10));
             feeder.stop().await;
             let calls = read_strace_counts(&out);
             let per = |names: &[&str]| {
@@ -1670,4 +1684,14 @@ fn rtt_rate(r: &Value, ms: u64) -> f64 {
         .and_then(|runs| runs.iter().find(|run| run["rtt_ms"].as_u64() == Some(ms)))
         .and_then(|run| run["msgs_per_s"].as_f64())
         .unwrap_or(f64::NAN)
+}
+
+/// The first child process of `pid` (the program a wrapper such as strace started).
+fn child_of(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
