@@ -12,6 +12,10 @@ use tracing::{error, info};
 
 const USAGE_ERROR: u8 = 2;
 
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match Command::parse(&args) {
