@@ -41,6 +41,7 @@
 //! On a hard stop (the shutdown timeout passed, or a second signal), a POST in progress is
 //! abandoned and its message released (made visible at once) for another replica.
 
+use crate::pipeline::capacity::DeliverySlot;
 use crate::pipeline::endpoint::{Deliverer, EndpointGate, Failure, Outcome};
 use crate::pipeline::event::EventMapper;
 use crate::pipeline::event::Notice;
@@ -258,18 +259,22 @@ impl Handler {
         &self.deliverer
     }
 
-    /// Delivers `message`, leased until `leased_until`, and carries out the decision.
-    /// `hard_stop` fires when the shutdown timeout has passed (or a second signal came): a
-    /// POST still running is then abandoned and the message released.
+    /// Delivers `message`, leased until `leased_until`, in delivery `slot`, and carries out
+    /// the decision; the slot is given back as soon as the endpoint is done with the message
+    /// (the queue work after it runs on the settling budget). `hard_stop` fires when the
+    /// shutdown timeout has passed (or a second signal came): a POST still running is then
+    /// abandoned and the message released.
     pub(crate) async fn handle(
         &self,
-        message: ReceivedMessage,
+        mut message: ReceivedMessage,
         leased_until: Instant,
         hard_stop: Shutdown,
+        slot: DeliverySlot,
     ) -> Disposition {
         let _in_flight = InFlightGuard::new();
         let lease = Lease::new(&message.pop_receipt, leased_until);
         if self.acknowledged.contains(&message.id) {
+            let _settling = slot.settle().await;
             return self.delete_acknowledged(&message, &lease).await;
         }
 
@@ -300,6 +305,7 @@ impl Handler {
                 }
                 .emit();
                 let decision = self.policy.undeliverable(reason);
+                let _settling = slot.settle().await;
                 return self.carry_out(decision, &message, &lease).await;
             }
         };
@@ -324,6 +330,11 @@ impl Handler {
         .emit();
 
         let decision = self.policy.decide(message.dequeue_count, &outcome);
+        if !matches!(decision, Decision::Poison(_)) {
+            // Only a poison copy needs the text again: a big body is not held while settling.
+            message.text = String::new();
+        }
+        let _settling = slot.settle().await;
         self.carry_out(decision, &message, &lease).await
     }
 

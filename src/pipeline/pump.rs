@@ -1,12 +1,18 @@
 //! The pump: receive messages, deliver them concurrently, delete what was delivered.
 //!
-//! One loop owns the queue's receive side. A [`Semaphore`] with `MAX_IN_FLIGHT` permits bounds
-//! the deliveries in progress; the loop waits until enough permits are free to make a Get
-//! Messages call worthwhile (half a batch, like the Functions host's `newBatchThreshold`), asks
-//! for as many messages as it has permits, and hands each message, with its permit, to a task.
-//! So a new batch is fetched as soon as capacity frees up, not when the slowest message of the
-//! previous batch is done, and a slow endpoint can never have more than `MAX_IN_FLIGHT`
-//! requests open.
+//! One loop owns the queue's receive side; the budgets it works with are in
+//! [`capacity`](crate::pipeline::capacity). A Get asks for as many messages as it holds receive
+//! credits, and each message becomes a task that waits for one of the `MAX_IN_FLIGHT` delivery
+//! slots, POSTs, gives the slot back, and only then settles (Delete, retry delay, poison) on
+//! its own budget: the endpoint never sees more than `MAX_IN_FLIGHT` requests, and a queue a
+//! round trip away no longer holds a slot through the Delete.
+//!
+//! A lone Get goes once half a batch of credits is free (like the Functions host's
+//! `newBatchThreshold`). While the queue has a backlog (the last Get came back full), further
+//! Gets may overlap it, each for a full batch, using the prefetch the capacity allows — about as
+//! many messages as were delivered during the last Get's round trip — so the next batch is on
+//! its way while the current one is delivered. That keeps throughput with the queue service
+//! and the endpoint, not the round trip, without more (or emptier) Gets per message.
 //!
 //! An empty queue makes the loop back off (randomized, doubling up to `POLL_MAX_INTERVAL`),
 //! because every Get is billed; a failing queue service makes it back off too, and the failure
@@ -30,6 +36,7 @@
 
 use crate::backoff::Backoff;
 use crate::config::Config;
+use crate::pipeline::capacity::{Capacity, Credits, Ticket};
 use crate::pipeline::handler::{Disposition, Handler};
 use crate::queue::{Batch, Budget, Queue, QueueError, MAX_TRY};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
@@ -37,9 +44,7 @@ use crate::telemetry::events::{
     DrainFinished, EndpointDown, EndpointUp, InternalEvent, PumpHeartbeat, ReceiveFailed,
     ReceiveSucceeded, StopNowRequested,
 };
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 /// Backoff bounds while the queue service fails.
@@ -58,6 +63,8 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 pub(crate) const RELEASE_GRACE: Duration = Duration::from_secs(10);
 /// After a second signal, how long releasing the messages in flight may take.
 const STOP_NOW_GRACE: Duration = Duration::from_secs(3);
+/// At most this many Get Messages calls under way at once (more only into a backlog).
+const MAX_RECEIVES_IN_FLIGHT: usize = 4;
 /// Probe backoff while the endpoint is down.
 const PROBE_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -157,107 +164,140 @@ impl Pump {
     /// Runs until `shutdown` fires, then waits for deliveries in progress and returns what
     /// happened.
     pub(crate) async fn run(self, mut shutdown: Shutdown) -> Summary {
-        let slots = Arc::new(Semaphore::new(self.settings.max_in_flight));
-        let mut tasks: JoinSet<Disposition> = JoinSet::new();
-        let mut summary = Summary::default();
-        let mut idle = Backoff::new(self.settings.poll_min, self.settings.poll_max);
-        let mut failing = Backoff::new(FAILURE_BACKOFF_MIN, FAILURE_BACKOFF_MAX);
         let (hard_stop, hard_stop_listener) = shutdown::channel();
+        let mut flow = Flow {
+            capacity: Capacity::new(self.settings.max_in_flight),
+            tasks: JoinSet::new(),
+            summary: Summary::default(),
+            hard_stop: hard_stop_listener,
+        };
+        let mut receives: JoinSet<Received> = JoinSet::new();
+        let mut pace = Pace::new(&self.settings);
 
         'receive: loop {
             PumpHeartbeat.emit();
-            if self.handler.gate().is_down() && !self.wait_for_endpoint(&mut shutdown).await {
+            let gate = self.handler.gate();
+            if receives.is_empty() && gate.is_down() && !self.wait_for_endpoint(&mut shutdown).await
+            {
                 break 'receive;
             }
-            let mut permits = tokio::select! {
+            // A second Get while one is under way only into a backlog: a queue being emptied
+            // gets one Get at a time, as every Get is billed.
+            let may_receive = !gate.is_down()
+                && (receives.is_empty()
+                    || (pace.backlog && receives.len() < MAX_RECEIVES_IN_FLIGHT));
+            // A lone Get goes once half a batch is free; one beside it only for a full batch,
+            // so overlapping does not mean more, smaller Gets.
+            let min_batch = match receives.is_empty() {
+                true => self.settings.refill_threshold(),
+                false => self.settings.batch_size as usize,
+            };
+            let resting = tokio::time::Instant::now() < pace.resume_at;
+            tokio::select! {
                 biased;
                 _ = shutdown.wait() => break 'receive,
-                Some(done) = tasks.join_next() => {
-                    record(&mut summary, done);
-                    continue 'receive;
+                Some(done) = flow.tasks.join_next() => record(&mut flow.summary, done),
+                Some(received) = receives.join_next() => {
+                    let Ok(received) = received else { continue 'receive };
+                    self.take(received, &mut pace, &mut flow, &shutdown);
                 }
-                _ = tokio::time::sleep(HEARTBEAT) => continue 'receive,
-                permits = slots.clone().acquire_many_owned(self.settings.refill_threshold() as u32) => {
-                    match permits {
-                        Ok(permits) => permits,
-                        Err(_closed) => break 'receive,
+                _ = tokio::time::sleep_until(pace.resume_at), if resting => {}
+                _ = tokio::time::sleep(HEARTBEAT) => {}
+                credits = flow.capacity.credits(
+                    min_batch,
+                    self.settings.batch_size as usize,
+                    pace.prefetch,
+                ), if may_receive && !resting => {
+                    if credits.count() > 0 {
+                        let finished_at_send = flow.capacity.finished();
+                        let receive = receive(
+                            self.queue.clone(),
+                            credits.count() as u32,
+                            self.settings.visibility_timeout,
+                            shutdown.clone(),
+                        );
+                        receives.spawn(async move {
+                            Received { result: receive.await, credits, finished_at_send }
+                        });
                     }
                 }
-            };
-            while permits.num_permits() < self.settings.batch_size as usize {
-                match slots.clone().try_acquire_owned() {
-                    Ok(more) => permits.merge(more),
-                    Err(_) => break,
-                }
-            }
-
-            let received = self
-                .receive(permits.num_permits() as u32, &mut shutdown)
-                .await;
-            let Batch {
-                messages,
-                leased_until,
-            } = match received {
-                Ok(batch) => batch,
-                Err(error) => {
-                    let delay = failing.next_delay();
-                    ReceiveFailed {
-                        failure: error.failure(),
-                        retry_in: delay,
-                    }
-                    .emit();
-                    drop(permits);
-                    sleep_or_shutdown(delay, &mut shutdown).await;
-                    continue 'receive;
-                }
-            };
-            failing.reset();
-            ReceiveSucceeded {
-                count: messages.len(),
-            }
-            .emit();
-
-            if messages.is_empty() {
-                drop(permits);
-                sleep_or_shutdown(idle.next_delay(), &mut shutdown).await;
-                continue 'receive;
-            }
-            idle.reset();
-            summary.received += messages.len() as u64;
-            if shutdown.is_stop_now() {
-                // A receive that finished after "stop now": hand the messages back at once.
-                for message in messages {
-                    let handler = self.handler.clone();
-                    tasks.spawn(
-                        async move { handler.release_unstarted(message, leased_until).await },
-                    );
-                }
-                break 'receive;
-            }
-            for message in messages {
-                let Some(permit) = permits.split(1) else {
-                    // Never more messages than permits were asked for; if the service sent
-                    // more, the extra ones simply come back after their lease.
-                    break;
-                };
-                self.spawn(
-                    &mut tasks,
-                    message,
-                    leased_until,
-                    permit,
-                    hard_stop_listener.clone(),
-                );
-            }
-            if shutdown.is_requested() {
-                // The last receive finished after the signal: its messages are delivered in
-                // the drain like any other (they are leased and counted already).
-                break 'receive;
             }
         }
 
+        // Receives under way when the signal came finish (each within its grace): their
+        // messages are leased already, and are delivered in the drain like the others (or
+        // released at once after "stop now").
+        while let Some(received) = receives.join_next().await {
+            if let Ok(received) = received {
+                self.take(received, &mut pace, &mut flow, &shutdown);
+            }
+        }
+        let Flow {
+            tasks, mut summary, ..
+        } = flow;
         self.drain(tasks, hard_stop, &mut summary, &mut shutdown)
             .await;
         summary
+    }
+
+    /// Takes a Get's answer: its messages go to delivery tasks (each waits for a slot), and
+    /// the pace of the next Gets follows what it said.
+    fn take(&self, received: Received, pace: &mut Pace, flow: &mut Flow, shutdown: &Shutdown) {
+        let Received {
+            result,
+            mut credits,
+            finished_at_send,
+        } = received;
+        let Batch {
+            messages,
+            leased_until,
+        } = match result {
+            Ok(batch) => batch,
+            Err(error) => {
+                let delay = pace.failing.next_delay();
+                ReceiveFailed {
+                    failure: error.failure(),
+                    retry_in: delay,
+                }
+                .emit();
+                pace.rest(delay);
+                return;
+            }
+        };
+        pace.failing.reset();
+        ReceiveSucceeded {
+            count: messages.len(),
+        }
+        .emit();
+        pace.prefetch = flow
+            .capacity
+            .prefetch(flow.capacity.finished().saturating_sub(finished_at_send));
+        pace.backlog = !messages.is_empty() && messages.len() >= credits.count();
+        if messages.is_empty() {
+            let delay = pace.idle.next_delay();
+            pace.rest(delay);
+            return;
+        }
+        pace.idle.reset();
+        pace.resume_at = tokio::time::Instant::now();
+        flow.summary.received += messages.len() as u64;
+        if shutdown.is_stop_now() {
+            // A receive that finished after "stop now": hand the messages back at once.
+            for message in messages {
+                let handler = self.handler.clone();
+                flow.tasks
+                    .spawn(async move { handler.release_unstarted(message, leased_until).await });
+            }
+            return;
+        }
+        for message in messages {
+            let Some(ticket) = credits.take_one(&flow.capacity) else {
+                // Never more messages than credits were asked for; if the service sent
+                // more, the extra ones simply come back after their lease.
+                break;
+            };
+            self.spawn(flow, message, leased_until, ticket);
+        }
     }
 
     /// Waits up to `SHUTDOWN_TIMEOUT` for deliveries in progress (less if a second signal
@@ -343,48 +383,108 @@ impl Pump {
         }
     }
 
-    /// One Get Messages call (retried briefly by the queue layer). If shutdown arrives
-    /// meanwhile, the call is still given a moment to finish, since the service may already
-    /// have leased messages to it; a second signal ends that wait.
-    async fn receive(&self, count: u32, shutdown: &mut Shutdown) -> Result<Batch, QueueError> {
-        let call = self.queue.receive_within(
-            count,
-            self.settings.visibility_timeout,
-            Budget::retry_for(RECEIVE_RETRY_WINDOW, MAX_TRY),
-        );
-        tokio::pin!(call);
-        let abandoned = || Batch {
-            messages: Vec::new(),
-            leased_until: Instant::now(),
-        };
-        tokio::select! {
-            result = &mut call => result,
-            _ = shutdown.wait() => {
-                let mut stop_now = shutdown.clone();
-                tokio::select! {
-                    result = tokio::time::timeout(RECEIVE_GRACE, &mut call) => {
-                        result.unwrap_or_else(|_| Ok(abandoned()))
-                    }
-                    _ = stop_now.wait_stop_now() => Ok(abandoned()),
-                }
+    /// A delivery task: waits for a delivery slot, then handles the message. A hard stop
+    /// before a slot came releases the message instead.
+    fn spawn(
+        &self,
+        flow: &mut Flow,
+        message: crate::queue::ReceivedMessage,
+        leased_until: Instant,
+        ticket: Ticket,
+    ) {
+        let handler = self.handler.clone();
+        let hard_stop = flow.hard_stop.clone();
+        flow.tasks.spawn(async move {
+            let mut stopping = hard_stop.clone();
+            let slot = tokio::select! {
+                biased;
+                slot = ticket.delivery_slot() => slot,
+                _ = stopping.wait() => None,
+            };
+            match slot {
+                Some(slot) => handler.handle(message, leased_until, hard_stop, slot).await,
+                None => handler.release_unstarted(message, leased_until).await,
             }
+        });
+    }
+}
+
+/// The delivery side of the loop: the budgets, the delivery tasks and their tally.
+struct Flow {
+    capacity: Capacity,
+    tasks: JoinSet<Disposition>,
+    summary: Summary,
+    /// Fires when deliveries in progress must stop (the shutdown timeout passed).
+    hard_stop: Shutdown,
+}
+
+/// A Get's answer, with the credits it was sent with.
+struct Received {
+    result: Result<Batch, QueueError>,
+    credits: Credits,
+    /// Deliveries finished when the Get was sent (see [`Capacity::prefetch`]).
+    finished_at_send: u64,
+}
+
+/// When the next Get may go, and how much may be asked ahead.
+struct Pace {
+    idle: Backoff,
+    failing: Backoff,
+    /// No Get before this (an empty queue or a failing service backs off).
+    resume_at: tokio::time::Instant,
+    /// Credits usable beyond `MAX_IN_FLIGHT` (see [`Capacity::prefetch`]).
+    prefetch: usize,
+    /// The last Get came back full: the queue has more.
+    backlog: bool,
+}
+
+impl Pace {
+    fn new(settings: &PumpSettings) -> Self {
+        Self {
+            idle: Backoff::new(settings.poll_min, settings.poll_max),
+            failing: Backoff::new(FAILURE_BACKOFF_MIN, FAILURE_BACKOFF_MAX),
+            resume_at: tokio::time::Instant::now(),
+            prefetch: 0,
+            backlog: false,
         }
     }
 
-    fn spawn(
-        &self,
-        tasks: &mut JoinSet<Disposition>,
-        message: crate::queue::ReceivedMessage,
-        leased_until: Instant,
-        permit: OwnedSemaphorePermit,
-        hard_stop: Shutdown,
-    ) {
-        let handler = self.handler.clone();
-        tasks.spawn(async move {
-            let disposition = handler.handle(message, leased_until, hard_stop).await;
-            drop(permit);
-            disposition
-        });
+    fn rest(&mut self, delay: Duration) {
+        self.resume_at = tokio::time::Instant::now() + delay;
+        self.backlog = false;
+    }
+}
+
+/// One Get Messages call (retried briefly by the queue layer). If shutdown arrives meanwhile,
+/// the call is still given a moment to finish, since the service may already have leased
+/// messages to it; a second signal ends that wait.
+async fn receive(
+    queue: Queue,
+    count: u32,
+    visibility_timeout: Duration,
+    mut shutdown: Shutdown,
+) -> Result<Batch, QueueError> {
+    let call = queue.receive_within(
+        count,
+        visibility_timeout,
+        Budget::retry_for(RECEIVE_RETRY_WINDOW, MAX_TRY),
+    );
+    tokio::pin!(call);
+    let abandoned = || Batch {
+        messages: Vec::new(),
+        leased_until: Instant::now(),
+    };
+    tokio::select! {
+        result = &mut call => result,
+        _ = shutdown.wait() => {
+            let mut stop_now = shutdown.clone();
+            tokio::select! {
+                result = tokio::time::timeout(RECEIVE_GRACE, &mut call) => {
+                    result.unwrap_or_else(|_| Ok(abandoned()))
+                }
+                _ = stop_now.wait_stop_now() => Ok(abandoned()),
+            }
+        }
     }
 }
 

@@ -1,0 +1,248 @@
+//! How much the pipeline holds at once: three budgets, so that a queue a round trip away does
+//! not throttle the endpoint, and a slow endpoint does not pile up leased messages.
+//!
+//! - **Delivery slots** (`MAX_IN_FLIGHT`): POSTs open to the endpoint. A message holds a slot
+//!   from the start of its delivery until the endpoint answered — not through the Delete,
+//!   which is queue work the endpoint never sees.
+//! - **Settling** (`SETTLE_FACTOR` x `MAX_IN_FLIGHT`): messages whose outcome is being carried
+//!   out on the queue (Delete, retry delay, poison write). A message takes a settling permit
+//!   *before* it gives its delivery slot back, so when the queue is slow to settle, deliveries
+//!   wait rather than settled-but-not-deleted messages piling up without bound.
+//! - **Receive credits** (up to 2 x `MAX_IN_FLIGHT`): messages asked for in Gets under way,
+//!   received and waiting for a slot, or being delivered. A Get asks for as many messages as it
+//!   holds credits. `MAX_IN_FLIGHT` of them are always usable; the rest — the prefetch — only as
+//!   far as slots freed up during the last Get's round trip ([`Capacity::prefetch`]): with a
+//!   fast endpoint, the next batch is on its way while the current one is delivered; with a
+//!   slow one there is almost no prefetch, so no message waits leased for a slot for longer
+//!   than about one round trip.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Settling permits per delivery slot. A Delete takes one queue round trip, a POST to a
+/// nearby endpoint far less: with 4 x `MAX_IN_FLIGHT` Deletes under way, a queue 100 ms away
+/// still settles over a thousand messages a second with the defaults.
+const SETTLE_FACTOR: usize = 4;
+
+/// The three budgets, shared by the pump and its delivery tasks.
+#[derive(Debug, Clone)]
+pub(crate) struct Capacity {
+    delivery: Arc<Semaphore>,
+    settling: Arc<Semaphore>,
+    credits: Arc<Semaphore>,
+    max_in_flight: usize,
+    /// Deliveries finished so far (slots given back), for the prefetch estimate.
+    finished: Arc<AtomicU64>,
+}
+
+impl Capacity {
+    pub(crate) fn new(max_in_flight: usize) -> Self {
+        let max_in_flight = max_in_flight.max(1);
+        Self {
+            delivery: Arc::new(Semaphore::new(max_in_flight)),
+            settling: Arc::new(Semaphore::new(SETTLE_FACTOR * max_in_flight)),
+            credits: Arc::new(Semaphore::new(2 * max_in_flight)),
+            max_in_flight,
+            finished: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Deliveries finished so far; the difference across a Get is what freed up meanwhile.
+    pub(crate) fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    /// The prefetch allowed after a Get during which `freed` delivery slots were given back:
+    /// that many messages are about to be wanted one round trip from now.
+    pub(crate) fn prefetch(&self, freed: u64) -> usize {
+        usize::try_from(freed)
+            .unwrap_or(usize::MAX)
+            .min(self.max_in_flight)
+    }
+
+    /// Waits until at least `min` credits are usable with `prefetch` allowed, then takes as
+    /// many as are usable, up to `max`. Never more than `MAX_IN_FLIGHT + prefetch` credits are
+    /// held at once.
+    pub(crate) async fn credits(&self, min: usize, max: usize, prefetch: usize) -> Credits {
+        let prefetch = prefetch.min(self.max_in_flight);
+        // Credits that must stay unused: the part of the prefetch not allowed now.
+        let reserve = self.max_in_flight - prefetch;
+        let min = min.clamp(1, self.max_in_flight);
+        let Ok(mut held) = self
+            .credits
+            .clone()
+            .acquire_many_owned((reserve + min) as u32)
+            .await
+        else {
+            // Never closed; an empty hand makes the caller wait and ask again.
+            return Credits { permits: None };
+        };
+        while held.num_permits() < reserve + max {
+            match self.credits.clone().try_acquire_owned() {
+                Ok(more) => held.merge(more),
+                Err(_) => break,
+            }
+        }
+        drop(held.split(reserve));
+        Credits {
+            permits: Some(held),
+        }
+    }
+}
+
+/// Credits for the messages of one Get; what the Get did not fill is given back on drop.
+#[derive(Debug)]
+pub(crate) struct Credits {
+    permits: Option<OwnedSemaphorePermit>,
+}
+
+impl Credits {
+    /// How many messages the Get may ask for.
+    pub(crate) fn count(&self) -> usize {
+        self.permits.as_ref().map_or(0, |p| p.num_permits())
+    }
+
+    /// One received message's credit.
+    pub(crate) fn take_one(&mut self, capacity: &Capacity) -> Option<Ticket> {
+        let credit = self.permits.as_mut()?.split(1)?;
+        Some(Ticket {
+            credit,
+            capacity: capacity.clone(),
+        })
+    }
+}
+
+/// A received message's place in the pipeline, before its delivery starts.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    credit: OwnedSemaphorePermit,
+    capacity: Capacity,
+}
+
+impl Ticket {
+    /// Waits for a delivery slot (slots go first come, first served).
+    pub(crate) async fn delivery_slot(self) -> Option<DeliverySlot> {
+        let slot = self.capacity.delivery.clone().acquire_owned().await.ok()?;
+        Some(DeliverySlot {
+            slot,
+            credit: self.credit,
+            capacity: self.capacity,
+        })
+    }
+}
+
+/// A message being delivered: it holds one of the `MAX_IN_FLIGHT` slots.
+#[derive(Debug)]
+pub(crate) struct DeliverySlot {
+    slot: OwnedSemaphorePermit,
+    credit: OwnedSemaphorePermit,
+    capacity: Capacity,
+}
+
+impl DeliverySlot {
+    /// The endpoint is done with the message: hand the slot to the next one, once the message
+    /// has a settling permit (waited for while the queue is settling as many as allowed).
+    pub(crate) async fn settle(self) -> Settling {
+        let permit = self.capacity.settling.clone().acquire_owned().await.ok();
+        self.capacity.finished.fetch_add(1, Ordering::Relaxed);
+        drop(self.slot);
+        drop(self.credit);
+        Settling { _permit: permit }
+    }
+}
+
+/// A message whose outcome is being carried out on the queue.
+#[derive(Debug)]
+pub(crate) struct Settling {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn without_prefetch_a_get_asks_for_at_most_max_in_flight() {
+        let capacity = Capacity::new(4);
+        let credits = capacity.credits(1, 32, 0).await;
+        assert_eq!(credits.count(), 4);
+        let waiting = tokio::time::timeout(Duration::from_millis(50), capacity.credits(1, 32, 0));
+        assert!(waiting.await.is_err(), "no more credits without prefetch");
+        drop(credits);
+        assert_eq!(capacity.credits(1, 32, 0).await.count(), 4);
+    }
+
+    #[tokio::test]
+    async fn prefetch_adds_credits_up_to_max_in_flight() {
+        let capacity = Capacity::new(4);
+        assert_eq!(capacity.prefetch(3), 3);
+        assert_eq!(capacity.prefetch(100), 4);
+        let first = capacity.credits(1, 32, 0).await;
+        let second = capacity.credits(1, 32, 3).await;
+        assert_eq!((first.count(), second.count()), (4, 3));
+        assert_eq!(capacity.credits(1, 32, 4).await.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_get_waits_for_its_minimum() {
+        let capacity = Capacity::new(4);
+        let mut held = capacity.credits(1, 3, 0).await;
+        assert_eq!(held.count(), 3);
+        let waiting = tokio::time::timeout(Duration::from_millis(50), capacity.credits(2, 4, 0));
+        assert!(
+            waiting.await.is_err(),
+            "one credit is not enough for a minimum of two"
+        );
+        let ticket = held.take_one(&capacity).expect("a credit");
+        drop(held);
+        assert_eq!(capacity.credits(2, 4, 0).await.count(), 3);
+        drop(ticket);
+    }
+
+    #[tokio::test]
+    async fn settling_frees_the_delivery_slot_but_keeps_its_own_budget() {
+        let capacity = Capacity::new(1);
+        let mut credits = capacity.credits(1, 1, 0).await;
+        let slot = credits
+            .take_one(&capacity)
+            .expect("a credit")
+            .delivery_slot()
+            .await
+            .expect("a slot");
+        assert_eq!(capacity.delivery.available_permits(), 0);
+        let settling = slot.settle().await;
+        assert_eq!(capacity.delivery.available_permits(), 1);
+        assert_eq!(capacity.finished(), 1);
+        assert_eq!(capacity.settling.available_permits(), SETTLE_FACTOR - 1);
+        drop(settling);
+        assert_eq!(capacity.settling.available_permits(), SETTLE_FACTOR);
+    }
+
+    #[tokio::test]
+    async fn a_full_settling_budget_holds_deliveries_back() {
+        let capacity = Capacity::new(1);
+        let mut settled = Vec::new();
+        for _ in 0..SETTLE_FACTOR {
+            let mut credits = capacity.credits(1, 1, 0).await;
+            let slot = credits.take_one(&capacity).expect("credit");
+            settled.push(slot.delivery_slot().await.expect("slot").settle().await);
+        }
+        let mut credits = capacity.credits(1, 1, 0).await;
+        let slot = credits
+            .take_one(&capacity)
+            .expect("credit")
+            .delivery_slot()
+            .await
+            .expect("slot");
+        let settle = slot.settle();
+        tokio::pin!(settle);
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut settle).await;
+        assert!(waited.is_err(), "settling is full");
+        assert_eq!(capacity.delivery.available_permits(), 0, "slot still held");
+        settled.pop();
+        let _settling = settle.await;
+        assert_eq!(capacity.delivery.available_permits(), 1);
+    }
+}
