@@ -4,7 +4,7 @@
 //! - **Delivery slots** (`MAX_IN_FLIGHT`): POSTs open to the endpoint. A message holds a slot
 //!   from the start of its delivery until the endpoint answered — not through the Delete,
 //!   which is queue work the endpoint never sees.
-//! - **Settling** (`SETTLE_FACTOR` x `MAX_IN_FLIGHT`): messages whose outcome is being carried
+//! - **Settling** (`SETTLE_FACTOR` = 2 x `MAX_IN_FLIGHT`): messages whose outcome is being carried
 //!   out on the queue (Delete, retry delay, poison write). A message takes a settling permit
 //!   *before* it gives its delivery slot back, so when the queue is slow to settle, deliveries
 //!   wait rather than settled-but-not-deleted messages piling up without bound.
@@ -21,9 +21,12 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Settling permits per delivery slot. A Delete takes one queue round trip, a POST to a
-/// nearby endpoint far less: with 4 x `MAX_IN_FLIGHT` Deletes under way, a queue 100 ms away
-/// still settles over a thousand messages a second with the defaults.
-const SETTLE_FACTOR: usize = 4;
+/// nearby endpoint far less: with 2 x `MAX_IN_FLIGHT` Deletes under way, a queue 50 ms away
+/// still settles over a thousand messages a second with the defaults. Not more: when the queue
+/// service is the bottleneck, every call in flight adds to every call's latency, and a Delete
+/// that waits too long loses its lease (4 x, with two replicas on an overloaded Azurite, made
+/// Deletes take 13 s and let leases lapse: `faults::two_sidecars_share_2000_messages...`).
+const SETTLE_FACTOR: usize = 2;
 
 /// The three budgets, shared by the pump and its delivery tasks.
 #[derive(Debug, Clone)]
