@@ -269,9 +269,11 @@ impl Pump {
             count: messages.len(),
         }
         .emit();
-        pace.prefetch = flow
-            .capacity
-            .prefetch(flow.capacity.finished().saturating_sub(finished_at_send));
+        let text_bytes: usize = messages.iter().map(|m| m.text.len()).sum();
+        pace.prefetch = flow.capacity.prefetch(
+            flow.capacity.finished().saturating_sub(finished_at_send),
+            text_bytes / messages.len().max(1),
+        );
         pace.backlog = !messages.is_empty() && messages.len() >= credits.count();
         if messages.is_empty() {
             let delay = pace.idle.next_delay();
