@@ -41,25 +41,38 @@ async fn poll(queue: Queue, interval: Duration, mut shutdown: Shutdown) {
             result = queue.approximate_message_count() => result,
             _ = shutdown.wait() => return,
         };
-        match result {
-            Ok(count) => QueueLengthObserved { count }.emit(),
-            Err(error) => QueueLengthFailed {
-                failure: error.failure(),
+        let counted = match result {
+            Ok(count) => {
+                QueueLengthObserved { count }.emit();
+                true
             }
-            .emit(),
-        }
-        let peeked = tokio::select! {
-            result = queue.peek(1) => result,
-            _ = shutdown.wait() => return,
+            Err(error) => {
+                QueueLengthFailed {
+                    failure: error.failure(),
+                }
+                .emit();
+                false
+            }
+        };
+        // A peek after a failed count would fail the same way (the same permission, the same
+        // token): one failing call per round is enough, and the age gauge keeps its value.
+        let peeked = if !counted {
+            None
+        } else {
+            tokio::select! {
+                result = queue.peek(1) => Some(result),
+                _ = shutdown.wait() => return,
+            }
         };
         match peeked {
-            Ok(front) => OldestMessageAgeObserved {
+            None => {}
+            Some(Ok(front)) => OldestMessageAgeObserved {
                 age: front
                     .first()
                     .and_then(|message| age(message, OffsetDateTime::now_utc())),
             }
             .emit(),
-            Err(error) => QueueLengthFailed {
+            Some(Err(error)) => QueueLengthFailed {
                 failure: error.failure(),
             }
             .emit(),

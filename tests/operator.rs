@@ -190,6 +190,7 @@ async fn a_redrive_whose_send_fails_keeps_every_message_visible_in_the_poison_qu
     assert!(stderr.contains("cannot send"), "{stderr}");
     assert!(stderr.contains("stays in gone-poison"), "{stderr}");
     assert!(stdout.contains("moved 0 message(s)"), "{stdout}");
+    assert!(stdout.contains("skipped 0, failed 1"), "{stdout}");
     // Nothing lost, nothing hidden for the length of the lease: all three are visible again
     // at once (a peek within a few seconds, while the lease would have been 60 s).
     let after = wait_visible(&poison, 3, Duration::from_secs(10)).await;

@@ -328,7 +328,8 @@ impl<'a> Redrive<'a> {
                     error.kind.hint(),
                     self.poison.name()
                 );
-                self.hold(message);
+                // Failed, not skipped: given back like the untouched rest.
+                self.held.push(message);
                 return Err(ExitCode::FAILURE);
             }
         };
