@@ -425,9 +425,9 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "QUEUE_LENGTH_INTERVAL",
         default: Default::Value("30s"),
-        help: "how often the queue's approximate message count is read for /metrics; 0 disables",
+        help: "how often the queue's approximate message count and oldest message's age are read for /metrics; 0 disables",
         section: Section::Operations,
-        readme: "How often the queue's approximate message count is read for the `queue_approximate_messages` gauge; `0` disables it. Minimum 1s.",
+        readme: "How often the queue's approximate message count and the age of its oldest visible message are read for the `queue_approximate_messages` and `queue_oldest_message_age_seconds` gauges; `0` disables both. Minimum 1s.",
         ..ROW
     },
     Variable {
