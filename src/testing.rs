@@ -17,7 +17,7 @@ pub use crate::config::{
 };
 pub use crate::pipeline::endpoint::parse_retry_after;
 pub use crate::pipeline::event::{is_json, EventMapper, HttpPayload, Origin, JSON, STRUCTURED};
-pub use crate::queue::{Queue, QueueConnector, QueueError, ReceivedMessage};
+pub use crate::queue::{PeekedMessage, Queue, QueueConnector, QueueError, ReceivedMessage};
 pub use crate::transport::install_crypto_provider;
 
 use crate::auth::Credential;

@@ -97,6 +97,9 @@ pub(crate) struct Config {
     pub retry: RetryConfig,
     /// How long deliveries in progress may run on after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// `EXIT_WHEN_IDLE`: with no message received for this long and nothing in flight, drain
+    /// and exit 0 (run to completion, for Jobs); `None` runs until a signal.
+    pub exit_when_idle: Option<Duration>,
     pub log: LogConfig,
     /// The admin server (probes, metrics) and queue-length polling.
     pub ops: OpsConfig,
@@ -175,6 +178,7 @@ impl Config {
 
         let retry = retry_config(&env, &storage.queue_name)?;
         let shutdown_timeout = env.duration("SHUTDOWN_TIMEOUT")?;
+        let exit_when_idle = exit_when_idle(&env)?;
 
         let log = ops::log_config(&env)?;
         let ops = ops::ops_config(&env)?;
@@ -193,9 +197,22 @@ impl Config {
             poll,
             retry,
             shutdown_timeout,
+            exit_when_idle,
             log,
             ops,
         })
+    }
+}
+
+/// `EXIT_WHEN_IDLE`: unset (or `0`) runs until a signal; otherwise a duration above zero.
+fn exit_when_idle(env: &Env) -> Result<Option<Duration>, ConfigError> {
+    const NAME: &str = "EXIT_WHEN_IDLE";
+    match env.get(NAME).as_deref().map(str::trim) {
+        None | Some("0") => Ok(None),
+        Some(_) => match env.duration(NAME)? {
+            idle if idle.is_zero() => Ok(None),
+            idle => Ok(Some(idle)),
+        },
     }
 }
 
@@ -338,6 +355,31 @@ mod tests {
         config(vars)
             .expect_err("expected a configuration error")
             .variable
+    }
+
+    #[test]
+    fn exit_when_idle_is_off_unless_given_a_duration() {
+        let idle = |value: Option<&str>| {
+            let mut vars = base(&[]);
+            vars.extend(value.map(|v| ("EXIT_WHEN_IDLE", v)));
+            config(&vars).map(|c| c.exit_when_idle)
+        };
+        assert_eq!(idle(None).expect("valid"), None);
+        assert_eq!(idle(Some("0")).expect("valid"), None);
+        assert_eq!(idle(Some("0s")).expect("valid"), None);
+        assert_eq!(
+            idle(Some("30s")).expect("valid"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            idle(Some("1500ms")).expect("valid"),
+            Some(Duration::from_millis(1500))
+        );
+        for bad in ["30", "soon", "-1s"] {
+            let mut vars = base(&[]);
+            vars.push(("EXIT_WHEN_IDLE", bad));
+            assert_eq!(error_variable(&vars), "EXIT_WHEN_IDLE", "{bad}");
+        }
     }
 
     #[test]

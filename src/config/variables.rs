@@ -407,6 +407,14 @@ pub const VARIABLES: &[Variable] = &[
         ..ROW
     },
     Variable {
+        name: "EXIT_WHEN_IDLE",
+        default: Default::Text("off"),
+        help: "run to completion: once no message was received for this long and nothing is in flight, drain and exit 0 (for Jobs); unset or 0 runs until a signal",
+        section: Section::Retries,
+        readme: "Run to completion, for Kubernetes Jobs, KEDA `ScaledJob`s and Container Apps jobs: once no message has been received for this long and no delivery is in flight, the sidecar drains as on SIGTERM and exits 0. Unset (or `0`) runs until a signal. Only a successful, empty receive counts as idle: a queue that cannot be reached keeps the sidecar running (and not ready). A message waiting for a retry delay is invisible, so it does not keep the sidecar up; it stays in the queue for the next run. See *Run to completion*.",
+        ..ROW
+    },
+    Variable {
         name: "ADMIN_ADDR",
         default: Default::Value(DEFAULT_ADMIN_ADDR),
         help: "address of the HTTP server for /healthz, /readyz and /metrics; off disables it",
@@ -417,9 +425,9 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "QUEUE_LENGTH_INTERVAL",
         default: Default::Value("30s"),
-        help: "how often the queue's approximate message count is read for /metrics; 0 disables",
+        help: "how often the queue's approximate message count and oldest message's age are read for /metrics; 0 disables",
         section: Section::Operations,
-        readme: "How often the queue's approximate message count is read for the `queue_approximate_messages` gauge; `0` disables it. Minimum 1s.",
+        readme: "How often the queue's approximate message count and the age of its oldest visible message are read for the `queue_approximate_messages` and `queue_oldest_message_age_seconds` gauges; `0` disables both. Minimum 1s.",
         ..ROW
     },
     Variable {

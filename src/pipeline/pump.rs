@@ -24,6 +24,12 @@
 //! count for nothing. A second signal stops at once: deliveries in progress are cut off,
 //! their messages released, and the process exits within a few seconds.
 //!
+//! With `EXIT_WHEN_IDLE`, the loop asks for that same shutdown itself (through a clone of the
+//! signal's trigger, so there is one shutdown path) after an empty receive, once no message
+//! has been received for that long and no delivery is in flight: the drain is then empty and
+//! the process exits 0. Only a successful, empty receive counts: a failing queue or a paused
+//! endpoint never ends the run.
+//!
 //! Worst case from the first signal to exit: [`RECEIVE_GRACE`] + `SHUTDOWN_TIMEOUT` +
 //! [`RELEASE_GRACE`] (a pod's `terminationGracePeriodSeconds` must cover that, plus the app's
 //! own shutdown).
@@ -34,7 +40,7 @@ use crate::pipeline::handler::{Disposition, Handler};
 use crate::queue::{Batch, Budget, Queue, QueueError, MAX_TRY};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::telemetry::events::{
-    DrainFinished, EndpointDown, EndpointUp, InternalEvent, PumpHeartbeat, ReceiveFailed,
+    DrainFinished, EndpointDown, EndpointUp, IdleExit, InternalEvent, PumpHeartbeat, ReceiveFailed,
     ReceiveSucceeded, StopNowRequested,
 };
 use std::sync::Arc;
@@ -84,6 +90,8 @@ pub(crate) struct PumpSettings {
     pub poll_min: Duration,
     pub poll_max: Duration,
     pub shutdown_timeout: Duration,
+    /// `EXIT_WHEN_IDLE`.
+    pub exit_when_idle: Option<Duration>,
 }
 
 impl PumpSettings {
@@ -95,6 +103,7 @@ impl PumpSettings {
             poll_min: config.poll.min_interval,
             poll_max: config.poll.max_interval,
             shutdown_timeout: config.shutdown_timeout,
+            exit_when_idle: config.exit_when_idle,
         }
     }
 
@@ -155,14 +164,16 @@ impl Pump {
     }
 
     /// Runs until `shutdown` fires, then waits for deliveries in progress and returns what
-    /// happened.
-    pub(crate) async fn run(self, mut shutdown: Shutdown) -> Summary {
+    /// happened. `stop` is the trigger of `shutdown`: the loop pulls it itself when
+    /// `EXIT_WHEN_IDLE` says the run is complete.
+    pub(crate) async fn run(self, mut shutdown: Shutdown, stop: ShutdownTrigger) -> Summary {
         let slots = Arc::new(Semaphore::new(self.settings.max_in_flight));
         let mut tasks: JoinSet<Disposition> = JoinSet::new();
         let mut summary = Summary::default();
         let mut idle = Backoff::new(self.settings.poll_min, self.settings.poll_max);
         let mut failing = Backoff::new(FAILURE_BACKOFF_MIN, FAILURE_BACKOFF_MAX);
         let (hard_stop, hard_stop_listener) = shutdown::channel();
+        let mut last_received = Instant::now();
 
         'receive: loop {
             PumpHeartbeat.emit();
@@ -219,10 +230,19 @@ impl Pump {
 
             if messages.is_empty() {
                 drop(permits);
+                if self.run_is_complete(last_received, &slots) {
+                    IdleExit {
+                        idle_for: last_received.elapsed(),
+                    }
+                    .emit();
+                    stop.trigger();
+                    continue 'receive;
+                }
                 sleep_or_shutdown(idle.next_delay(), &mut shutdown).await;
                 continue 'receive;
             }
             idle.reset();
+            last_received = Instant::now();
             summary.received += messages.len() as u64;
             if shutdown.is_stop_now() {
                 // A receive that finished after "stop now": hand the messages back at once.
@@ -258,6 +278,15 @@ impl Pump {
         self.drain(tasks, hard_stop, &mut summary, &mut shutdown)
             .await;
         summary
+    }
+
+    /// `EXIT_WHEN_IDLE`: no message received for that long, and every delivery slot free (a
+    /// task holds its slot until its message is deleted, retried, poisoned or released).
+    fn run_is_complete(&self, last_received: Instant, slots: &Semaphore) -> bool {
+        self.settings
+            .exit_when_idle
+            .is_some_and(|idle| last_received.elapsed() >= idle)
+            && slots.available_permits() == self.settings.max_in_flight
     }
 
     /// Waits up to `SHUTDOWN_TIMEOUT` for deliveries in progress (less if a second signal
@@ -412,6 +441,7 @@ mod tests {
             poll_min: Duration::from_millis(100),
             poll_max: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(20),
+            exit_when_idle: None,
         }
     }
 

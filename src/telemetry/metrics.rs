@@ -41,6 +41,8 @@ pub(crate) struct Metrics {
     pub queue_call_seconds: HistogramFamily,
     /// The queue's approximate message count, visible and invisible.
     pub queue_messages: Gauge,
+    /// The age of the message at the front of the queue (0 when none is visible).
+    pub oldest_message_age_seconds: Gauge,
     /// Microsoft Entra ID token requests by identity and outcome.
     pub token_requests: Family<Labels, Counter>,
     /// Failed token endpoint calls by identity and status.
@@ -61,6 +63,8 @@ pub(crate) struct Metrics {
     pub receive_loop_heartbeats: Counter,
     /// 1 while the liveness probe fails.
     pub receive_loop_stalled: Gauge,
+    /// `EXIT_WHEN_IDLE` ended the run (0 or 1).
+    pub idle_exits: Counter,
     /// Where the admin server listens (1 per address).
     pub admin: Family<Labels, Gauge>,
     /// Admin connections that failed (hung up, garbage, too slow).
@@ -106,6 +110,7 @@ impl Metrics {
             message_age_seconds: Histogram::new(exponential_buckets(0.01, 4.0, 14)),
             queue_call_seconds: Family::new_with_constructor(queue_call_histogram),
             queue_messages: Gauge::default(),
+            oldest_message_age_seconds: Gauge::default(),
             token_requests: Family::default(),
             token_endpoint_errors: Family::default(),
             poisoned_not_deleted: Counter::default(),
@@ -116,6 +121,7 @@ impl Metrics {
             receiving_paused: Gauge::default(),
             receive_loop_heartbeats: Counter::default(),
             receive_loop_stalled: Gauge::default(),
+            idle_exits: Counter::default(),
             admin: Family::default(),
             admin_connection_errors: Counter::default(),
             shutdown_phase: Gauge::default(),
@@ -219,6 +225,11 @@ impl Metrics {
             self.queue_messages.clone(),
         );
         registry.register(
+            "queue_oldest_message_age_seconds",
+            "Age of the oldest visible message (the front of the queue, from Peek Messages; leased and retry-delayed messages are not visible), 0 when none is visible; polled every QUEUE_LENGTH_INTERVAL",
+            self.oldest_message_age_seconds.clone(),
+        );
+        registry.register(
             "build",
             "The sidecar's version",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -251,6 +262,11 @@ impl Metrics {
             "shutdown_phase",
             "0 running, 1 draining after a signal, 2 cutting deliveries off (second signal), 3 drained",
             self.shutdown_phase.clone(),
+        );
+        registry.register(
+            "idle_exits",
+            "Runs ended by EXIT_WHEN_IDLE (no message received for that long, nothing in flight)",
+            self.idle_exits.clone(),
         );
         registry.register(
             "admin",

@@ -33,7 +33,8 @@ pub(crate) use admin::{AdminConnectionFailed, AdminServerStarted, LivenessChange
 pub(crate) use identity::{TokenAcquired, TokenEndpointAttemptFailed, TokenRequestFailed};
 pub(crate) use internal::InternalEvent;
 pub(crate) use lifecycle::{
-    DrainFinished, EndpointDown, EndpointUp, PumpHeartbeat, ShutdownStarted, StopNowRequested,
+    DrainFinished, EndpointDown, EndpointUp, IdleExit, PumpHeartbeat, ShutdownStarted,
+    StopNowRequested,
 };
 pub(crate) use message::{
     Base64EventNoticed, DeliveryAttempted, InFlightChanged, InvalidEventWrapped, LeaseLost,
@@ -42,6 +43,6 @@ pub(crate) use message::{
 };
 pub(crate) use poison::{Degraded, MessagePoisoned, PoisonBlocked, PoisonedNotDeleted};
 pub(crate) use queue::{
-    QueueCallCompleted, QueueCallFailed, QueueCallRetried, QueueFailure, QueueLengthFailed,
-    QueueLengthObserved, ReceiveFailed, ReceiveSucceeded,
+    OldestMessageAgeObserved, QueueCallCompleted, QueueCallFailed, QueueCallRetried, QueueFailure,
+    QueueLengthFailed, QueueLengthObserved, ReceiveFailed, ReceiveSucceeded,
 };
