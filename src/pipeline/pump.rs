@@ -30,7 +30,7 @@
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::pipeline::handler::{Disposition, Handler};
+use crate::pipeline::handler::{Disposition, Handler, Work};
 use crate::queue::{Batch, Budget, Queue, QueueError, MAX_TRY};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::telemetry::events::{
@@ -123,6 +123,18 @@ pub(crate) struct Summary {
 }
 
 impl Summary {
+    /// Messages with a disposition so far.
+    fn recorded(&self) -> u64 {
+        self.delivered
+            + self.delivered_not_deleted
+            + self.redeliveries_avoided
+            + self.retries_scheduled
+            + self.poisoned
+            + self.poisoned_not_deleted
+            + self.released
+            + self.left
+    }
+
     fn record(&mut self, disposition: Disposition) {
         let counter = match disposition {
             Disposition::Delivered => &mut self.delivered,
@@ -158,7 +170,7 @@ impl Pump {
     /// happened.
     pub(crate) async fn run(self, mut shutdown: Shutdown) -> Summary {
         let slots = Arc::new(Semaphore::new(self.settings.max_in_flight));
-        let mut tasks: JoinSet<Disposition> = JoinSet::new();
+        let mut tasks: JoinSet<Vec<Disposition>> = JoinSet::new();
         let mut summary = Summary::default();
         let mut idle = Backoff::new(self.settings.poll_min, self.settings.poll_max);
         let mut failing = Backoff::new(FAILURE_BACKOFF_MIN, FAILURE_BACKOFF_MAX);
@@ -195,7 +207,7 @@ impl Pump {
                 .receive(permits.num_permits() as u32, &mut shutdown)
                 .await;
             let Batch {
-                messages,
+                mut messages,
                 leased_until,
             } = match received {
                 Ok(batch) => batch,
@@ -228,25 +240,37 @@ impl Pump {
                 // A receive that finished after "stop now": hand the messages back at once.
                 for message in messages {
                     let handler = self.handler.clone();
-                    tasks.spawn(
-                        async move { handler.release_unstarted(message, leased_until).await },
-                    );
+                    tasks.spawn(async move {
+                        vec![handler.release_unstarted(message, leased_until).await]
+                    });
                 }
                 break 'receive;
             }
-            for message in messages {
-                let Some(permit) = permits.split(1) else {
-                    // Never more messages than permits were asked for; if the service sent
-                    // more, the extra ones simply come back after their lease.
-                    break;
-                };
-                self.spawn(
-                    &mut tasks,
-                    message,
-                    leased_until,
-                    permit,
-                    hard_stop_listener.clone(),
-                );
+            // Never more messages than permits were asked for; if the service sent more, the
+            // extra ones simply come back after their lease (and count as left).
+            messages.truncate(permits.num_permits());
+            if self.handler.batched() {
+                // A batch holds one slot per message: MAX_IN_FLIGHT counts messages in every
+                // mode.
+                for work in self.handler.batch_up(messages, leased_until) {
+                    let Some(permit) = permits.split(work.len()) else {
+                        break;
+                    };
+                    self.spawn_work(&mut tasks, work, permit, hard_stop_listener.clone());
+                }
+            } else {
+                for message in messages {
+                    let Some(permit) = permits.split(1) else {
+                        break;
+                    };
+                    self.spawn(
+                        &mut tasks,
+                        message,
+                        leased_until,
+                        permit,
+                        hard_stop_listener.clone(),
+                    );
+                }
             }
             if shutdown.is_requested() {
                 // The last receive finished after the signal: its messages are delivered in
@@ -257,6 +281,9 @@ impl Pump {
 
         self.drain(tasks, hard_stop, &mut summary, &mut shutdown)
             .await;
+        // Received but never given a disposition (cut off, abandoned, or more than asked
+        // for): left as they were, back when their lease expires.
+        summary.left += summary.received.saturating_sub(summary.recorded());
         summary
     }
 
@@ -264,7 +291,7 @@ impl Pump {
     /// comes), then cuts the rest off; they release their messages.
     async fn drain(
         &self,
-        mut tasks: JoinSet<Disposition>,
+        mut tasks: JoinSet<Vec<Disposition>>,
         hard_stop: ShutdownTrigger,
         summary: &mut Summary,
         shutdown: &mut Shutdown,
@@ -305,8 +332,8 @@ impl Pump {
                     },
                 }
             }
-            // Whatever is still stuck now is abandoned; its lease expires on its own.
-            summary.left += tasks.len() as u64;
+            // Whatever is still stuck now is abandoned; its lease expires on its own (counted
+            // as left by the caller).
             tasks.abort_all();
         }
         DrainFinished {
@@ -373,7 +400,7 @@ impl Pump {
 
     fn spawn(
         &self,
-        tasks: &mut JoinSet<Disposition>,
+        tasks: &mut JoinSet<Vec<Disposition>>,
         message: crate::queue::ReceivedMessage,
         leased_until: Instant,
         permit: OwnedSemaphorePermit,
@@ -383,14 +410,33 @@ impl Pump {
         tasks.spawn(async move {
             let disposition = handler.handle(message, leased_until, hard_stop).await;
             drop(permit);
-            disposition
+            vec![disposition]
+        });
+    }
+
+    /// Batched mode: one batch (or one message that needs no POST) in a task of its own.
+    fn spawn_work(
+        &self,
+        tasks: &mut JoinSet<Vec<Disposition>>,
+        work: Work,
+        permit: OwnedSemaphorePermit,
+        hard_stop: Shutdown,
+    ) {
+        let handler = self.handler.clone();
+        tasks.spawn(async move {
+            let dispositions = handler.handle_work(work, hard_stop).await;
+            drop(permit);
+            dispositions
         });
     }
 }
 
-fn record(summary: &mut Summary, done: Result<Disposition, tokio::task::JoinError>) {
-    // A panicking task cannot have deleted its message: it comes back after its lease.
-    summary.record(done.unwrap_or(Disposition::Left));
+fn record(summary: &mut Summary, done: Result<Vec<Disposition>, tokio::task::JoinError>) {
+    // A panicking task cannot have deleted its messages: they come back after their lease
+    // (and count as left at the end, having no disposition).
+    for disposition in done.unwrap_or_default() {
+        summary.record(disposition);
+    }
 }
 
 async fn sleep_or_shutdown(delay: Duration, shutdown: &mut Shutdown) {
