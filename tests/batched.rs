@@ -461,3 +461,43 @@ async fn a_retryable_failure_while_bisecting_retries_that_half_without_poisoning
         2.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_counts_messages_in_every_mode() {
+    let azurite = Azurite::start().await;
+    let endpoint = Endpoint::start(|_, _| Reply::status(200).after(Duration::from_secs(4))).await;
+    for (mode, queue_name, messages) in [("binary", "single", 2), ("batched", "grouped", 3)] {
+        let queue = azurite.create_queue(queue_name).await;
+        for n in 0..messages {
+            queue
+                .send(&format!("m{n}"), None, None)
+                .await
+                .expect("send");
+        }
+        let sidecar = Sidecar::spawn(&with(
+            Sidecar::env(&azurite, queue_name, &endpoint.url),
+            &[("CE_MODE", mode)],
+        ));
+        let key = "azure_queue_sidecar_in_flight";
+        let mut seen = 0.0;
+        let counted = {
+            let deadline = std::time::Instant::now() + WAIT;
+            loop {
+                if let Some((_, text)) = admin_get(sidecar.admin(), "/metrics").await {
+                    seen = metric(&parse_metrics(&text), key);
+                }
+                if seen == messages as f64 || std::time::Instant::now() > deadline {
+                    break seen == messages as f64;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        assert!(
+            counted,
+            "{mode}: in_flight {seen} while {messages} messages are being delivered"
+        );
+        assert_queue_empties(&queue).await;
+        let m = metrics(&sidecar).await;
+        assert_eq!(metric(&m, key), 0.0, "{mode}: nothing in flight after");
+    }
+}

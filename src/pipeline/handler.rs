@@ -330,7 +330,15 @@ impl Handler {
         leased_until: Instant,
         hard_stop: Shutdown,
     ) -> Disposition {
-        let (Member { message, lease, .. }, next) = self.prepare(message, leased_until);
+        // The member is taken apart, its in-flight guard kept until the message is done.
+        let (
+            Member {
+                message,
+                lease,
+                _in_flight: _counted,
+            },
+            next,
+        ) = self.prepare(message, leased_until);
         let event = match next {
             Next::Deliver(event) => event,
             Next::Settle(settlement) => return self.settle(settlement, &message, &lease).await,
