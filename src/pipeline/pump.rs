@@ -8,6 +8,10 @@
 //! previous batch is done, and a slow endpoint can never have more than `MAX_IN_FLIGHT`
 //! requests open.
 //!
+//! In batched mode (`CE_MODE=batched`) the messages of a receive are grouped by the handler
+//! and each batch goes to one task with one permit per message: `MAX_IN_FLIGHT` still counts
+//! messages, and a receive still asks for up to `BATCH_SIZE`.
+//!
 //! An empty queue makes the loop back off (randomized, doubling up to `POLL_MAX_INTERVAL`),
 //! because every Get is billed; a failing queue service makes it back off too, and the failure
 //! is logged once per change of state, not per attempt (the event asks the queue's state in
