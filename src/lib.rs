@@ -21,7 +21,9 @@
 //!    renewal, then delete, retry or poison), which asks [`pipeline::policy`] (pure rules)
 //!    what to do. [`pipeline::endpoint`] is the endpoint (one POST and what its answer means,
 //!    the probe, the gate that pauses receiving); [`pipeline::event`] turns a message into a
-//!    CloudEvent and HTTP request parts; [`pipeline::poison`] is the poison queue.
+//!    CloudEvent and HTTP request parts; [`pipeline::poison`] is the poison queue;
+//!    [`pipeline::batch`] holds batched mode's rules (which messages share a POST, the
+//!    bisection of a rejected batch).
 //! 3. [`admin`] serves `/healthz`, `/readyz` and `/metrics` from telemetry's state;
 //!    [`queue_length`] polls the approximate message count and the oldest message's age for
 //!    the backlog gauges.

@@ -142,6 +142,8 @@ fn log_start(settings: &Settings) {
         auth = storage.credential.kind(),
         endpoint = %redact::url(&config.endpoint.url),
         ce_mode = ?config.event.mode,
+        ce_batch_size = config.event.batch.max_events,
+        ce_batch_max_bytes = config.event.batch.max_bytes,
         ce_type = %config.event.ce_type,
         ce_source = %config.event.source_or(&storage.queue_url),
         decode_base64 = config.event.decode_base64,

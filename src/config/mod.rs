@@ -29,7 +29,7 @@ pub(crate) mod tls;
 mod values;
 pub(crate) mod variables;
 
-pub use event::{ContentMode, EventConfig, EventGridSchema};
+pub use event::{BatchConfig, ContentMode, EventConfig, EventGridSchema};
 pub(crate) use ops::{parse_admin_addr, LogConfig, OpsConfig};
 pub(crate) use storage::{AuthMode, IdentityVariables, StorageConfig};
 pub use values::{format_duration, parse_duration, ConfigError};
@@ -475,7 +475,23 @@ mod tests {
             error_variable(&base(&[("RETRY_BASE_DELAY", "99ms")])),
             "RETRY_BASE_DELAY"
         );
-        assert_eq!(error_variable(&base(&[("CE_MODE", "batched")])), "CE_MODE");
+        assert_eq!(error_variable(&base(&[("CE_MODE", "batch")])), "CE_MODE");
+        assert_eq!(
+            error_variable(&base(&[("CE_BATCH_SIZE", "0")])),
+            "CE_BATCH_SIZE"
+        );
+        assert_eq!(
+            error_variable(&base(&[("CE_BATCH_SIZE", "33")])),
+            "CE_BATCH_SIZE"
+        );
+        assert_eq!(
+            error_variable(&base(&[("CE_BATCH_MAX_BYTES", "1MiB")])),
+            "CE_BATCH_MAX_BYTES"
+        );
+        assert_eq!(
+            error_variable(&base(&[("CE_BATCH_MAX_BYTES", "100")])),
+            "CE_BATCH_MAX_BYTES"
+        );
         assert_eq!(
             error_variable(&base(&[("K_CE_OVERRIDES", "{nope")])),
             "K_CE_OVERRIDES"
@@ -524,6 +540,27 @@ mod tests {
         assert_eq!(cfg.event.mode, ContentMode::Structured);
         assert!(cfg.event.decode_base64);
         assert_eq!(cfg.event.source.as_deref(), Some("/orders"));
+        assert_eq!(
+            cfg.event.batch,
+            BatchConfig {
+                max_events: 32,
+                max_bytes: 1024 * 1024
+            }
+        );
+        let batched = config(&base(&[
+            ("CE_MODE", "Batched"),
+            ("CE_BATCH_SIZE", "8"),
+            ("CE_BATCH_MAX_BYTES", "65536"),
+        ]))
+        .expect("valid");
+        assert_eq!(batched.event.mode, ContentMode::Batched);
+        assert_eq!(
+            batched.event.batch,
+            BatchConfig {
+                max_events: 8,
+                max_bytes: 65536
+            }
+        );
     }
 
     #[test]

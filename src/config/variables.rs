@@ -273,9 +273,25 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "CE_MODE",
         default: Default::Value("binary"),
-        help: "binary or structured content mode",
+        help: "binary, structured or batched content mode",
         section: Section::Endpoint,
-        readme: "`binary` (attributes in `ce-` headers, data as body) or `structured` (`application/cloudevents+json`).",
+        readme: "`binary` (attributes in `ce-` headers, data as body), `structured` (`application/cloudevents+json`) or `batched` (`application/cloudevents-batch+json`: up to `CE_BATCH_SIZE` structured events per POST, see *Batched mode*).",
+        ..ROW
+    },
+    Variable {
+        name: "CE_BATCH_SIZE",
+        default: Default::Value("32"),
+        help: "CE_MODE=batched: most events per POST, 1-32",
+        section: Section::Endpoint,
+        readme: "With `CE_MODE=batched`: the most events in one POST, 1–32 (the messages of one receive are split into batches; see *Batched mode*).",
+        ..ROW
+    },
+    Variable {
+        name: "CE_BATCH_MAX_BYTES",
+        default: Default::Value("1048576"),
+        help: "CE_MODE=batched: most bytes per POST body (1024-67108864); a larger single event goes alone",
+        section: Section::Endpoint,
+        readme: "With `CE_MODE=batched`: the most bytes in one POST body, 1024–67108864 (1 KiB–64 MiB). A single event larger than this is sent alone, as a batch of one.",
         ..ROW
     },
     Variable {

@@ -8,6 +8,10 @@
 //! previous batch is done, and a slow endpoint can never have more than `MAX_IN_FLIGHT`
 //! requests open.
 //!
+//! In batched mode (`CE_MODE=batched`) the messages of a receive are grouped by the handler
+//! and each batch goes to one task with one permit per message: `MAX_IN_FLIGHT` still counts
+//! messages, and a receive still asks for up to `BATCH_SIZE`.
+//!
 //! An empty queue makes the loop back off (randomized, doubling up to `POLL_MAX_INTERVAL`),
 //! because every Get is billed; a failing queue service makes it back off too, and the failure
 //! is logged once per change of state, not per attempt (the event asks the queue's state in
@@ -36,7 +40,7 @@
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::pipeline::handler::{Disposition, Handler};
+use crate::pipeline::handler::{Disposition, Handler, Work};
 use crate::queue::{Batch, Budget, Queue, QueueError, MAX_TRY};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::telemetry::events::{
@@ -132,6 +136,18 @@ pub(crate) struct Summary {
 }
 
 impl Summary {
+    /// Messages with a disposition so far.
+    fn recorded(&self) -> u64 {
+        self.delivered
+            + self.delivered_not_deleted
+            + self.redeliveries_avoided
+            + self.retries_scheduled
+            + self.poisoned
+            + self.poisoned_not_deleted
+            + self.released
+            + self.left
+    }
+
     fn record(&mut self, disposition: Disposition) {
         let counter = match disposition {
             Disposition::Delivered => &mut self.delivered,
@@ -168,7 +184,7 @@ impl Pump {
     /// `EXIT_WHEN_IDLE` says the run is complete.
     pub(crate) async fn run(self, mut shutdown: Shutdown, stop: ShutdownTrigger) -> Summary {
         let slots = Arc::new(Semaphore::new(self.settings.max_in_flight));
-        let mut tasks: JoinSet<Disposition> = JoinSet::new();
+        let mut tasks: JoinSet<Vec<Disposition>> = JoinSet::new();
         let mut summary = Summary::default();
         let mut idle = Backoff::new(self.settings.poll_min, self.settings.poll_max);
         let mut failing = Backoff::new(FAILURE_BACKOFF_MIN, FAILURE_BACKOFF_MAX);
@@ -206,7 +222,7 @@ impl Pump {
                 .receive(permits.num_permits() as u32, &mut shutdown)
                 .await;
             let Batch {
-                messages,
+                mut messages,
                 leased_until,
             } = match received {
                 Ok(batch) => batch,
@@ -248,25 +264,37 @@ impl Pump {
                 // A receive that finished after "stop now": hand the messages back at once.
                 for message in messages {
                     let handler = self.handler.clone();
-                    tasks.spawn(
-                        async move { handler.release_unstarted(message, leased_until).await },
-                    );
+                    tasks.spawn(async move {
+                        vec![handler.release_unstarted(message, leased_until).await]
+                    });
                 }
                 break 'receive;
             }
-            for message in messages {
-                let Some(permit) = permits.split(1) else {
-                    // Never more messages than permits were asked for; if the service sent
-                    // more, the extra ones simply come back after their lease.
-                    break;
-                };
-                self.spawn(
-                    &mut tasks,
-                    message,
-                    leased_until,
-                    permit,
-                    hard_stop_listener.clone(),
-                );
+            // Never more messages than permits were asked for; if the service sent more, the
+            // extra ones simply come back after their lease (and count as left).
+            messages.truncate(permits.num_permits());
+            if self.handler.batched() {
+                // A batch holds one slot per message: MAX_IN_FLIGHT counts messages in every
+                // mode.
+                for work in self.handler.batch_up(messages, leased_until) {
+                    let Some(permit) = permits.split(work.len()) else {
+                        break;
+                    };
+                    self.spawn_work(&mut tasks, work, permit, hard_stop_listener.clone());
+                }
+            } else {
+                for message in messages {
+                    let Some(permit) = permits.split(1) else {
+                        break;
+                    };
+                    self.spawn(
+                        &mut tasks,
+                        message,
+                        leased_until,
+                        permit,
+                        hard_stop_listener.clone(),
+                    );
+                }
             }
             if shutdown.is_requested() {
                 // The last receive finished after the signal: its messages are delivered in
@@ -277,6 +305,9 @@ impl Pump {
 
         self.drain(tasks, hard_stop, &mut summary, &mut shutdown)
             .await;
+        // Received but never given a disposition (cut off, abandoned, or more than asked
+        // for): left as they were, back when their lease expires.
+        summary.left += summary.received.saturating_sub(summary.recorded());
         summary
     }
 
@@ -293,7 +324,7 @@ impl Pump {
     /// comes), then cuts the rest off; they release their messages.
     async fn drain(
         &self,
-        mut tasks: JoinSet<Disposition>,
+        mut tasks: JoinSet<Vec<Disposition>>,
         hard_stop: ShutdownTrigger,
         summary: &mut Summary,
         shutdown: &mut Shutdown,
@@ -334,8 +365,8 @@ impl Pump {
                     },
                 }
             }
-            // Whatever is still stuck now is abandoned; its lease expires on its own.
-            summary.left += tasks.len() as u64;
+            // Whatever is still stuck now is abandoned; its lease expires on its own (counted
+            // as left by the caller).
             tasks.abort_all();
         }
         DrainFinished {
@@ -402,7 +433,7 @@ impl Pump {
 
     fn spawn(
         &self,
-        tasks: &mut JoinSet<Disposition>,
+        tasks: &mut JoinSet<Vec<Disposition>>,
         message: crate::queue::ReceivedMessage,
         leased_until: Instant,
         permit: OwnedSemaphorePermit,
@@ -412,14 +443,33 @@ impl Pump {
         tasks.spawn(async move {
             let disposition = handler.handle(message, leased_until, hard_stop).await;
             drop(permit);
-            disposition
+            vec![disposition]
+        });
+    }
+
+    /// Batched mode: one batch (or one message that needs no POST) in a task of its own.
+    fn spawn_work(
+        &self,
+        tasks: &mut JoinSet<Vec<Disposition>>,
+        work: Work,
+        permit: OwnedSemaphorePermit,
+        hard_stop: Shutdown,
+    ) {
+        let handler = self.handler.clone();
+        tasks.spawn(async move {
+            let dispositions = handler.handle_work(work, hard_stop).await;
+            drop(permit);
+            dispositions
         });
     }
 }
 
-fn record(summary: &mut Summary, done: Result<Disposition, tokio::task::JoinError>) {
-    // A panicking task cannot have deleted its message: it comes back after its lease.
-    summary.record(done.unwrap_or(Disposition::Left));
+fn record(summary: &mut Summary, done: Result<Vec<Disposition>, tokio::task::JoinError>) {
+    // A panicking task cannot have deleted its messages: they come back after their lease
+    // (and count as left at the end, having no disposition).
+    for disposition in done.unwrap_or_default() {
+        summary.record(disposition);
+    }
 }
 
 async fn sleep_or_shutdown(delay: Duration, shutdown: &mut Shutdown) {

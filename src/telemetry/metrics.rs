@@ -71,6 +71,10 @@ pub(crate) struct Metrics {
     pub admin_connection_errors: Counter,
     /// See [`ShutdownPhase`].
     shutdown_phase: Gauge,
+    /// Events per POST in batched mode.
+    pub batch_size: Histogram,
+    /// Batched POSTs rejected permanently and split in halves.
+    pub batch_bisections: Counter,
 }
 
 /// How far shutdown has gone, as the `shutdown_phase` gauge shows it.
@@ -125,6 +129,9 @@ impl Metrics {
             admin: Family::default(),
             admin_connection_errors: Counter::default(),
             shutdown_phase: Gauge::default(),
+            // 1, 2, 4, ..., 32 events
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 6)),
+            batch_bisections: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -206,6 +213,7 @@ impl Metrics {
         metrics.register_identity(&mut registry);
         metrics.register_events(&mut registry);
         metrics.register_lifecycle(&mut registry);
+        metrics.register_batches(&mut registry);
         Self {
             registry,
             ..metrics
@@ -308,6 +316,21 @@ impl Metrics {
             "decode_base64_hint",
             "1 once a message arrived that is base64 of a CloudEvent or an Event Grid event while DECODE_BASE64=false",
             self.decode_base64_hint.clone(),
+        );
+    }
+
+    /// Registers batched mode's own metrics (its deliveries are counted per message, in
+    /// `deliveries`).
+    fn register_batches(&self, registry: &mut Registry) {
+        registry.register(
+            "batch_size",
+            "Events per POST in batched mode (CE_MODE=batched), bisection POSTs included",
+            self.batch_size.clone(),
+        );
+        registry.register(
+            "batch_bisections",
+            "Batched POSTs that failed permanently and were split in halves to find the rejected events",
+            self.batch_bisections.clone(),
         );
     }
 

@@ -37,8 +37,8 @@ pub(crate) use lifecycle::{
     StopNowRequested,
 };
 pub(crate) use message::{
-    Base64EventNoticed, DeliveryAttempted, InFlightChanged, InvalidEventWrapped, LeaseLost,
-    LeaseRenewed, MessageDeleted, MessageReleased, MessageUnmappable, RedeliveryAvoided,
+    Base64EventNoticed, BatchSent, DeliveryAttempted, InFlightChanged, InvalidEventWrapped,
+    LeaseLost, LeaseRenewed, MessageDeleted, MessageReleased, MessageUnmappable, RedeliveryAvoided,
     RetryScheduled,
 };
 pub(crate) use poison::{Degraded, MessagePoisoned, PoisonBlocked, PoisonedNotDeleted};
