@@ -15,6 +15,13 @@
 //!   fast endpoint, the next batch is on its way while the current one is delivered; with a
 //!   slow one there is almost no prefetch, so no message waits leased for a slot for longer
 //!   than about one round trip. Big messages are hardly prefetched ([`PREFETCH_BYTES`]).
+//! - **Message bytes** (`MAX_IN_FLIGHT` x 64 KiB, the largest message Azure takes): the text of
+//!   every message from the start of its delivery until it is settled. Small messages never
+//!   reach it; big ones are bounded by it as they were when a slot covered the Delete too, so
+//!   memory (bodies, connections, Deletes under way) stays that of `MAX_IN_FLIGHT` big messages.
+//!
+//! A batch (batched mode) holds one credit, one slot and its messages' bytes per message, and
+//! takes its slots all at once; each message settles on its own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,12 +41,17 @@ const SETTLE_FACTOR: usize = 2;
 /// 64 KiB benchmark from 12.4 to 15.5 MiB.
 const PREFETCH_BYTES: usize = 256 * 1024;
 
+/// The message-bytes budget per delivery slot: the largest message text the queue service
+/// accepts (64 KiB).
+const BYTES_PER_SLOT: usize = 64 * 1024;
+
 /// The three budgets, shared by the pump and its delivery tasks.
 #[derive(Debug, Clone)]
 pub(crate) struct Capacity {
     delivery: Arc<Semaphore>,
     settling: Arc<Semaphore>,
     credits: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
     max_in_flight: usize,
     /// Deliveries finished so far (slots given back), for the prefetch estimate.
     finished: Arc<AtomicU64>,
@@ -52,9 +64,22 @@ impl Capacity {
             delivery: Arc::new(Semaphore::new(max_in_flight)),
             settling: Arc::new(Semaphore::new(SETTLE_FACTOR * max_in_flight)),
             credits: Arc::new(Semaphore::new(2 * max_in_flight)),
+            bytes: Arc::new(Semaphore::new(Self::bytes_budget(max_in_flight))),
             max_in_flight,
             finished: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    fn bytes_budget(max_in_flight: usize) -> usize {
+        max_in_flight
+            .saturating_mul(BYTES_PER_SLOT)
+            .min(u32::MAX as usize)
+    }
+
+    /// Nothing received is in the pipeline: no credit taken, nothing settling.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.credits.available_permits() == 2 * self.max_in_flight
+            && self.settling.available_permits() == SETTLE_FACTOR * self.max_in_flight
     }
 
     /// Deliveries finished so far; the difference across a Get is what freed up meanwhile.
@@ -115,32 +140,69 @@ impl Credits {
         self.permits.as_ref().map_or(0, |p| p.num_permits())
     }
 
-    /// One received message's credit.
-    pub(crate) fn take_one(&mut self, capacity: &Capacity) -> Option<Ticket> {
-        let credit = self.permits.as_mut()?.split(1)?;
+    /// The credits of received messages whose texts are `sizes` bytes long, delivered
+    /// together (one message, or one batch).
+    pub(crate) fn take(&mut self, sizes: Vec<usize>, capacity: &Capacity) -> Option<Ticket> {
+        let credit = self.permits.as_mut()?.split(sizes.len())?;
         Some(Ticket {
             credit,
+            sizes,
             capacity: capacity.clone(),
         })
     }
 }
 
-/// A received message's place in the pipeline, before its delivery starts.
+/// The place in the pipeline of received messages delivered together (one, or a batch),
+/// before their delivery starts.
 #[derive(Debug)]
 pub(crate) struct Ticket {
     credit: OwnedSemaphorePermit,
+    /// Each message's text length.
+    sizes: Vec<usize>,
     capacity: Capacity,
 }
 
 impl Ticket {
-    /// Waits for a delivery slot (slots go first come, first served).
+    /// Waits for the messages' bytes, then for one delivery slot per message, all at once
+    /// (first come, first served: a batch is not overtaken for ever by single messages, and
+    /// two batches never hold part of the slots each). One [`DeliverySlot`] per message.
+    pub(crate) async fn delivery_slots(self) -> Option<Vec<DeliverySlot>> {
+        let Ticket {
+            mut credit,
+            sizes,
+            capacity,
+        } = self;
+        let budget = Capacity::bytes_budget(capacity.max_in_flight);
+        // Never more than the whole budget (a message bigger than any Azure takes).
+        let wanted = sizes.iter().sum::<usize>().min(budget);
+        let mut bytes = capacity
+            .bytes
+            .clone()
+            .acquire_many_owned(wanted as u32)
+            .await
+            .ok()?;
+        let mut slots = capacity
+            .delivery
+            .clone()
+            .acquire_many_owned(sizes.len() as u32)
+            .await
+            .ok()?;
+        let mut each = Vec::with_capacity(sizes.len());
+        for size in sizes {
+            let size = size.min(bytes.num_permits());
+            each.push(DeliverySlot {
+                slot: slots.split(1)?,
+                credit: credit.split(1)?,
+                bytes: bytes.split(size)?,
+                capacity: capacity.clone(),
+            });
+        }
+        Some(each)
+    }
+
+    /// One message's slot (see [`Ticket::delivery_slots`]).
     pub(crate) async fn delivery_slot(self) -> Option<DeliverySlot> {
-        let slot = self.capacity.delivery.clone().acquire_owned().await.ok()?;
-        Some(DeliverySlot {
-            slot,
-            credit: self.credit,
-            capacity: self.capacity,
-        })
+        self.delivery_slots().await?.pop()
     }
 }
 
@@ -149,18 +211,23 @@ impl Ticket {
 pub(crate) struct DeliverySlot {
     slot: OwnedSemaphorePermit,
     credit: OwnedSemaphorePermit,
+    bytes: OwnedSemaphorePermit,
     capacity: Capacity,
 }
 
 impl DeliverySlot {
     /// The endpoint is done with the message: hand the slot to the next one, once the message
-    /// has a settling permit (waited for while the queue is settling as many as allowed).
+    /// has a settling permit (waited for while the queue is settling as many as allowed). The
+    /// message's bytes stay counted until it is settled.
     pub(crate) async fn settle(self) -> Settling {
         let permit = self.capacity.settling.clone().acquire_owned().await.ok();
         self.capacity.finished.fetch_add(1, Ordering::Relaxed);
         drop(self.slot);
         drop(self.credit);
-        Settling { _permit: permit }
+        Settling {
+            _permit: permit,
+            _bytes: self.bytes,
+        }
     }
 }
 
@@ -168,6 +235,7 @@ impl DeliverySlot {
 #[derive(Debug)]
 pub(crate) struct Settling {
     _permit: Option<OwnedSemaphorePermit>,
+    _bytes: OwnedSemaphorePermit,
 }
 
 #[cfg(test)]
@@ -214,7 +282,7 @@ mod tests {
             waiting.await.is_err(),
             "one credit is not enough for a minimum of two"
         );
-        let ticket = held.take_one(&capacity).expect("a credit");
+        let ticket = held.take(vec![0], &capacity).expect("a credit");
         drop(held);
         assert_eq!(capacity.credits(2, 4, 0).await.count(), 3);
         drop(ticket);
@@ -225,7 +293,7 @@ mod tests {
         let capacity = Capacity::new(1);
         let mut credits = capacity.credits(1, 1, 0).await;
         let slot = credits
-            .take_one(&capacity)
+            .take(vec![0], &capacity)
             .expect("a credit")
             .delivery_slot()
             .await
@@ -245,12 +313,12 @@ mod tests {
         let mut settled = Vec::new();
         for _ in 0..SETTLE_FACTOR {
             let mut credits = capacity.credits(1, 1, 0).await;
-            let slot = credits.take_one(&capacity).expect("credit");
+            let slot = credits.take(vec![0], &capacity).expect("credit");
             settled.push(slot.delivery_slot().await.expect("slot").settle().await);
         }
         let mut credits = capacity.credits(1, 1, 0).await;
         let slot = credits
-            .take_one(&capacity)
+            .take(vec![0], &capacity)
             .expect("credit")
             .delivery_slot()
             .await

@@ -40,11 +40,23 @@
 //!
 //! On a hard stop (the shutdown timeout passed, or a second signal), a POST in progress is
 //! abandoned and its message released (made visible at once) for another replica.
+//!
+//! ## Batched mode
+//!
+//! With `CE_MODE=batched` a batch is a group of such messages, each with its own lease, its
+//! own attempt count and its own decision; only the POST is shared ([`Handler::batch_up`],
+//! [`Handler::handle_work`]). While the batch's POSTs run (with bisection of a permanent
+//! failure, see [`crate::pipeline::batch`]) every lease is renewed as above; then each message
+//! gets the outcome of the last POST that carried it and goes through the same path as a
+//! single message: counted as a delivery, decided by the policy, deleted, retried, poisoned.
+//! A hard stop releases the messages without an outcome and carries out the others (a message
+//! of a half that was already accepted is deleted, not released).
 
+use crate::config::{BatchConfig, ContentMode};
+use crate::pipeline::batch;
 use crate::pipeline::capacity::DeliverySlot;
 use crate::pipeline::endpoint::{Deliverer, EndpointGate, Failure, Outcome};
-use crate::pipeline::event::EventMapper;
-use crate::pipeline::event::Notice;
+use crate::pipeline::event::{self, Event, EventMapper, Notice};
 use crate::pipeline::poison::{envelope, PoisonQueue};
 use crate::pipeline::policy::{retry_label, Decision, PoisonReason, RetryPolicy};
 use crate::queue::{
@@ -52,14 +64,17 @@ use crate::queue::{
 };
 use crate::shutdown::{self, Shutdown};
 use crate::telemetry::events::{
-    Base64EventNoticed, Degraded, DeliveryAttempted, InFlightChanged, InternalEvent,
+    Base64EventNoticed, BatchSent, Degraded, DeliveryAttempted, InFlightChanged, InternalEvent,
     InvalidEventWrapped, LeaseLost, LeaseRenewed, MessageDeleted, MessagePoisoned, MessageReleased,
     MessageUnmappable, PoisonBlocked, PoisonedNotDeleted, QueueCallFailed, RedeliveryAvoided,
     RetryScheduled,
 };
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
@@ -216,6 +231,51 @@ impl Lease {
     }
 }
 
+/// A received message in the handler's hands: its lease, and its place in the in-flight gauge
+/// until it is done.
+pub(crate) struct Member {
+    message: ReceivedMessage,
+    lease: Lease,
+    _in_flight: InFlightGuard,
+}
+
+/// What a received message needs next.
+enum Next {
+    /// A POST of this event.
+    Deliver(Event),
+    /// No POST.
+    Settle(Settlement),
+}
+
+/// Why a message needs no POST.
+pub(crate) enum Settlement {
+    /// This process delivered it before (its delete had failed): delete it now.
+    Redelivered,
+    /// It cannot become an event: carry out this decision.
+    Unmappable(Decision),
+}
+
+/// Batched mode's unit of work (see [`Handler::batch_up`]): the messages of one batch, with
+/// their entries, or one message that needs no POST. A unit holds one delivery slot per
+/// message.
+pub(crate) enum Work {
+    Post {
+        members: Vec<Member>,
+        entries: Vec<Vec<u8>>,
+    },
+    Alone(Member, Settlement),
+}
+
+impl Work {
+    /// The text length of each of its messages (for the message-bytes budget).
+    pub(crate) fn sizes(&self) -> Vec<usize> {
+        match self {
+            Work::Post { members, .. } => members.iter().map(|m| m.message.text.len()).collect(),
+            Work::Alone(member, _) => vec![member.message.text.len()],
+        }
+    }
+}
+
 /// Handles messages. Cheap to clone into each task.
 #[derive(Clone)]
 pub(crate) struct Handler {
@@ -225,6 +285,7 @@ pub(crate) struct Handler {
     deliverer: Deliverer,
     policy: RetryPolicy,
     visibility_timeout: Duration,
+    batch: BatchConfig,
     gate: Arc<EndpointGate>,
     acknowledged: Arc<Acknowledged>,
 }
@@ -237,6 +298,7 @@ impl Handler {
         deliverer: Deliverer,
         policy: RetryPolicy,
         visibility_timeout: Duration,
+        batch: BatchConfig,
     ) -> Self {
         Self {
             queue,
@@ -245,6 +307,7 @@ impl Handler {
             deliverer,
             policy,
             visibility_timeout,
+            batch,
             gate: Arc::default(),
             acknowledged: Arc::default(),
         }
@@ -266,55 +329,276 @@ impl Handler {
     /// abandoned and the message released.
     pub(crate) async fn handle(
         &self,
-        mut message: ReceivedMessage,
+        message: ReceivedMessage,
         leased_until: Instant,
         hard_stop: Shutdown,
         slot: DeliverySlot,
     ) -> Disposition {
-        let _in_flight = InFlightGuard::new();
-        let lease = Lease::new(&message.pop_receipt, leased_until);
-        if self.acknowledged.contains(&message.id) {
-            let _settling = slot.settle().await;
-            return self.delete_acknowledged(&message, &lease).await;
-        }
-
-        let payload = match self.mapper.to_event(&message) {
-            Ok(event) => {
-                match event.notice() {
-                    Some(Notice::InvalidEvent { looks_like, reason }) => InvalidEventWrapped {
-                        message_id: &message.id,
-                        looks_like,
-                        reason,
-                    }
-                    .emit(),
-                    Some(Notice::Base64Event { looks_like }) => Base64EventNoticed {
-                        message_id: &message.id,
-                        looks_like,
-                    }
-                    .emit(),
-                    None => {}
-                }
-                event.encode(self.mapper.mode())
-            }
-            Err(error) => {
-                let reason = error.to_string();
-                MessageUnmappable {
-                    message_id: &message.id,
-                    dequeue_count: message.dequeue_count,
-                    reason: &reason,
-                }
-                .emit();
-                let decision = self.policy.undeliverable(reason);
+        // The member is taken apart, its in-flight guard kept until the message is done.
+        let (
+            Member {
+                message,
+                lease,
+                _in_flight: _counted,
+            },
+            next,
+        ) = self.prepare(message, leased_until);
+        let event = match next {
+            Next::Deliver(event) => event,
+            Next::Settle(settlement) => {
                 let _settling = slot.settle().await;
-                return self.carry_out(decision, &message, &lease).await;
+                return self.settle(settlement, &message, &lease).await;
             }
         };
-
+        let payload = event.encode(self.mapper.mode());
         let Some((outcome, latency)) = self.attempt(&message, &lease, payload, hard_stop).await
         else {
             return self.release(&message, &lease).await;
         };
         self.gate.record(&outcome);
+        self.conclude(message, &lease, &outcome, latency, slot)
+            .await
+    }
+
+    /// Whether events go out in batched mode ([`Handler::batch_up`], [`Handler::handle_work`]).
+    pub(crate) fn batched(&self) -> bool {
+        self.mapper.mode() == ContentMode::Batched
+    }
+
+    /// Batched mode: the messages of one receive, leased until `leased_until`, as batches
+    /// (`CE_BATCH_SIZE`, `CE_BATCH_MAX_BYTES`, in receive order), and the messages that need
+    /// no POST (delivered before, or unable to become an event), each on its own. No batch has
+    /// more than `max_events` entries: a batch holds one delivery slot per message while its
+    /// POSTs run, so it may not need more than `MAX_IN_FLIGHT`.
+    pub(crate) fn batch_up(
+        &self,
+        messages: Vec<ReceivedMessage>,
+        leased_until: Instant,
+        max_events: usize,
+    ) -> Vec<Work> {
+        let mut work = Vec::new();
+        let (mut members, mut entries) = (Vec::new(), Vec::new());
+        for message in messages {
+            match self.prepare(message, leased_until) {
+                (member, Next::Deliver(event)) => {
+                    entries.push(self.batch_entry(&member.message, event));
+                    members.push(member);
+                }
+                (member, Next::Settle(settlement)) => work.push(Work::Alone(member, settlement)),
+            }
+        }
+        let lens: Vec<usize> = entries.iter().map(Vec::len).collect();
+        let (mut members, mut entries) = (members.into_iter(), entries.into_iter());
+        for range in batch::group(
+            &lens,
+            self.batch.max_events.min(max_events.max(1)),
+            self.batch.max_bytes,
+        ) {
+            work.push(Work::Post {
+                members: members.by_ref().take(range.len()).collect(),
+                entries: entries.by_ref().take(range.len()).collect(),
+            });
+        }
+        work
+    }
+
+    /// One message's entry in a batch: the structured-mode document of its event. This is the
+    /// place for what belongs to each event rather than to the request, such as its trace
+    /// context (the CloudEvents distributed-tracing extension): a batch POST carries many
+    /// messages, so request headers cannot carry any one message's.
+    fn batch_entry(&self, _message: &ReceivedMessage, event: Event) -> Vec<u8> {
+        event.batch_entry()
+    }
+
+    /// Carries out one piece of batched work (see [`Handler::batch_up`]) in its delivery
+    /// `slots`, one per message: the POSTs of a batch, bisected on a permanent failure, with
+    /// every message's lease kept meanwhile; then each message's own decision, as for a single
+    /// message, each giving its slot back once it has a settling permit. `hard_stop` cuts the
+    /// POSTs off: messages without an outcome yet are released, the others carried out.
+    pub(crate) async fn handle_work(
+        &self,
+        work: Work,
+        hard_stop: Shutdown,
+        slots: Vec<DeliverySlot>,
+    ) -> Vec<Disposition> {
+        let (members, entries) = match work {
+            Work::Alone(member, settlement) => {
+                let _settling = match slots.into_iter().next() {
+                    Some(slot) => Some(slot.settle().await),
+                    None => None,
+                };
+                return vec![
+                    self.settle(settlement, &member.message, &member.lease)
+                        .await,
+                ];
+            }
+            Work::Post { members, entries } => (members, entries),
+        };
+        let outcomes = self.post_batch(&members, &entries, hard_stop).await;
+        drop(entries);
+        join_all(members.into_iter().zip(outcomes).zip(slots).map(
+            |((member, outcome), slot)| async move {
+                // The in-flight guard is kept until the message is done.
+                let Member {
+                    message,
+                    lease,
+                    _in_flight: _counted,
+                } = member;
+                match outcome {
+                    Some((outcome, latency)) => {
+                        self.conclude(message, &lease, &outcome, latency, slot)
+                            .await
+                    }
+                    None => self.release(&message, &lease).await,
+                }
+            },
+        ))
+        .await
+    }
+
+    /// A piece of batched work whose delivery never started (a hard stop came before its
+    /// slots): every message is released.
+    pub(crate) async fn release_work(&self, work: Work) -> Vec<Disposition> {
+        let members = match work {
+            Work::Post { members, .. } => members,
+            Work::Alone(member, _) => vec![member],
+        };
+        join_all(
+            members
+                .iter()
+                .map(|member| self.release(&member.message, &member.lease)),
+        )
+        .await
+    }
+
+    /// The POSTs of one batch (see [`batch::Bisection`]) with the leases of all its messages
+    /// kept while any of them runs; each message's outcome and the latency of the POST that
+    /// decided it, `None` for messages a hard stop left without one.
+    async fn post_batch(
+        &self,
+        members: &[Member],
+        entries: &[Vec<u8>],
+        mut hard_stop: Shutdown,
+    ) -> Vec<Option<(Outcome, Duration)>> {
+        let (stop_renewing, renewing) = shutdown::channel();
+        let posts = async {
+            let mut outcomes = vec![None; entries.len()];
+            let mut bisection = batch::Bisection::new(entries.len());
+            while let Some(range) = bisection.next() {
+                let payload = event::batch(&entries[range.clone()]);
+                let bytes = payload.body.len();
+                let started = Instant::now();
+                let outcome = tokio::select! {
+                    outcome = self.deliverer.deliver(payload) => outcome,
+                    _ = hard_stop.wait() => break,
+                };
+                let latency = started.elapsed();
+                self.gate.record(&outcome);
+                let split = matches!(outcome, Outcome::Permanent { .. })
+                    && bisection.rejected(range.clone());
+                let (status, _) = outcome.status_labels();
+                BatchSent {
+                    events: range.len(),
+                    bytes,
+                    outcome: outcome.label(),
+                    status: &status,
+                    latency,
+                    split,
+                }
+                .emit();
+                if !split {
+                    for slot in &mut outcomes[range] {
+                        *slot = Some((outcome.clone(), latency));
+                    }
+                }
+            }
+            // As for one message: a renewal in flight is finished first (see `attempt`).
+            stop_renewing.trigger();
+            outcomes
+        };
+        let renewals = join_all(
+            members
+                .iter()
+                .map(|member| self.keep_leased(&member.message, &member.lease, renewing.clone())),
+        );
+        let (outcomes, _) = tokio::join!(posts, renewals);
+        outcomes
+    }
+
+    /// A received message with its lease, counted as in flight until it is done, and what it
+    /// needs next.
+    fn prepare(&self, message: ReceivedMessage, leased_until: Instant) -> (Member, Next) {
+        let in_flight = InFlightGuard::new();
+        let lease = Lease::new(&message.pop_receipt, leased_until);
+        let next = if self.acknowledged.contains(&message.id) {
+            Next::Settle(Settlement::Redelivered)
+        } else {
+            match self.mapper.to_event(&message) {
+                Ok(event) => {
+                    self.report_notice(&message, &event);
+                    Next::Deliver(event)
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    MessageUnmappable {
+                        message_id: &message.id,
+                        dequeue_count: message.dequeue_count,
+                        reason: &reason,
+                    }
+                    .emit();
+                    Next::Settle(Settlement::Unmappable(self.policy.undeliverable(reason)))
+                }
+            }
+        };
+        let member = Member {
+            message,
+            lease,
+            _in_flight: in_flight,
+        };
+        (member, next)
+    }
+
+    /// Carries out what a message that needs no POST needs.
+    async fn settle(
+        &self,
+        settlement: Settlement,
+        message: &ReceivedMessage,
+        lease: &Lease,
+    ) -> Disposition {
+        match settlement {
+            Settlement::Redelivered => self.delete_acknowledged(message, lease).await,
+            Settlement::Unmappable(decision) => self.carry_out(decision, message, lease).await,
+        }
+    }
+
+    fn report_notice(&self, message: &ReceivedMessage, event: &Event) {
+        match event.notice() {
+            Some(Notice::InvalidEvent { looks_like, reason }) => InvalidEventWrapped {
+                message_id: &message.id,
+                looks_like,
+                reason,
+            }
+            .emit(),
+            Some(Notice::Base64Event { looks_like }) => Base64EventNoticed {
+                message_id: &message.id,
+                looks_like,
+            }
+            .emit(),
+            None => {}
+        }
+    }
+
+    /// After a delivery attempt: counts it (one per message, in batched mode too), asks the
+    /// policy, gives the message's delivery `slot` back once it has a settling permit, and
+    /// carries out the decision.
+    async fn conclude(
+        &self,
+        mut message: ReceivedMessage,
+        lease: &Lease,
+        outcome: &Outcome,
+        latency: Duration,
+        slot: DeliverySlot,
+    ) -> Disposition {
         let (status, status_class) = outcome.status_labels();
         let error = outcome.failure().map(Failure::describe);
         DeliveryAttempted {
@@ -328,14 +612,13 @@ impl Handler {
             age: message.insertion_time.map(age),
         }
         .emit();
-
-        let decision = self.policy.decide(message.dequeue_count, &outcome);
+        let decision = self.policy.decide(message.dequeue_count, outcome);
         if !matches!(decision, Decision::Poison(_)) {
             // Only a poison copy needs the text again: a big body is not held while settling.
             message.text = String::new();
         }
         let _settling = slot.settle().await;
-        self.carry_out(decision, &message, &lease).await
+        self.carry_out(decision, &message, lease).await
     }
 
     /// The POST and how long it took, with the lease kept while it runs. `None` if
@@ -712,6 +995,31 @@ fn age(inserted: OffsetDateTime) -> Duration {
     (OffsetDateTime::now_utc() - inserted)
         .try_into()
         .unwrap_or(Duration::ZERO)
+}
+
+/// Runs `futures` concurrently on the current task; their outputs in order. (The handful of
+/// futures of one batch, polled together: no extra task, no extra dependency.)
+async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut running: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = running.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in running.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_some() {
+                continue;
+            }
+            match future.as_mut().poll(cx) {
+                Poll::Ready(value) => *output = Some(value),
+                Poll::Pending => pending = true,
+            }
+        }
+        match pending {
+            true => Poll::Pending,
+            false => Poll::Ready(()),
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// Keeps the in-flight gauge right even if a delivery task is cancelled.

@@ -11,12 +11,15 @@
 //!   endpoint, and the gate that pauses receiving. Where requests to the endpoint get their
 //!   headers (trace context, authorization) when they need more than the event's.
 //! - [`event`]: queue message → CloudEvent → HTTP request parts.
+//! - [`batch`]: batched mode's pure rules — which messages share a POST, and the bisection
+//!   of a rejected batch.
 //! - [`poison`]: the poison queue and its envelope format.
 //!
 //! The pump owns the receive side and hands each message to the handler; the handler asks the
 //! policy what to do and carries it out. Nothing here builds a client or reads a variable:
 //! [`build`] gets both from the command that runs the pipeline.
 
+pub(crate) mod batch;
 pub(crate) mod capacity;
 pub(crate) mod endpoint;
 pub(crate) mod event;
@@ -58,6 +61,7 @@ pub(crate) fn build(
         Deliverer::new(endpoint_client, &config.endpoint),
         RetryPolicy::from_config(&config.retry),
         config.visibility_timeout,
+        config.event.batch,
     );
     Ok(Pump::new(queue, handler, PumpSettings::from_config(config)))
 }

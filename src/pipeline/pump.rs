@@ -14,6 +14,11 @@
 //! its way while the current one is delivered. That keeps throughput with the queue service
 //! and the endpoint, not the round trip, without more (or emptier) Gets per message.
 //!
+//! In batched mode (`CE_MODE=batched`) the messages of a receive are grouped by the handler
+//! and each batch goes to one task that takes one slot per message for as long as its POSTs
+//! run (bisection included): `MAX_IN_FLIGHT` still counts messages, and a receive still asks
+//! for up to `BATCH_SIZE`. Each message of the batch then settles on its own.
+//!
 //! An empty queue makes the loop back off (randomized, doubling up to `POLL_MAX_INTERVAL`),
 //! because every Get is billed; a failing queue service makes it back off too, and the failure
 //! is logged once per change of state, not per attempt (the event asks the queue's state in
@@ -30,6 +35,12 @@
 //! count for nothing. A second signal stops at once: deliveries in progress are cut off,
 //! their messages released, and the process exits within a few seconds.
 //!
+//! With `EXIT_WHEN_IDLE`, the loop asks for that same shutdown itself (through a clone of the
+//! signal's trigger, so there is one shutdown path) after an empty receive, once no message
+//! has been received for that long and nothing is in the pipeline (no Get under way, nothing
+//! delivering or settling): the drain is then empty and the process exits 0. Only a
+//! successful, empty receive counts: a failing queue or a paused endpoint never ends the run.
+//!
 //! Worst case from the first signal to exit: [`RECEIVE_GRACE`] + `SHUTDOWN_TIMEOUT` +
 //! [`RELEASE_GRACE`] (a pod's `terminationGracePeriodSeconds` must cover that, plus the app's
 //! own shutdown).
@@ -37,11 +48,11 @@
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::pipeline::capacity::{Capacity, Credits, Ticket};
-use crate::pipeline::handler::{Disposition, Handler};
+use crate::pipeline::handler::{Disposition, Handler, Work};
 use crate::queue::{Batch, Budget, Queue, QueueError, MAX_TRY};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::telemetry::events::{
-    DrainFinished, EndpointDown, EndpointUp, InternalEvent, PumpHeartbeat, ReceiveFailed,
+    DrainFinished, EndpointDown, EndpointUp, IdleExit, InternalEvent, PumpHeartbeat, ReceiveFailed,
     ReceiveSucceeded, StopNowRequested,
 };
 use std::time::{Duration, Instant};
@@ -91,6 +102,8 @@ pub(crate) struct PumpSettings {
     pub poll_min: Duration,
     pub poll_max: Duration,
     pub shutdown_timeout: Duration,
+    /// `EXIT_WHEN_IDLE`.
+    pub exit_when_idle: Option<Duration>,
 }
 
 impl PumpSettings {
@@ -102,6 +115,7 @@ impl PumpSettings {
             poll_min: config.poll.min_interval,
             poll_max: config.poll.max_interval,
             shutdown_timeout: config.shutdown_timeout,
+            exit_when_idle: config.exit_when_idle,
         }
     }
 
@@ -130,6 +144,18 @@ pub(crate) struct Summary {
 }
 
 impl Summary {
+    /// Messages with a disposition so far.
+    fn recorded(&self) -> u64 {
+        self.delivered
+            + self.delivered_not_deleted
+            + self.redeliveries_avoided
+            + self.retries_scheduled
+            + self.poisoned
+            + self.poisoned_not_deleted
+            + self.released
+            + self.left
+    }
+
     fn record(&mut self, disposition: Disposition) {
         let counter = match disposition {
             Disposition::Delivered => &mut self.delivered,
@@ -162,8 +188,9 @@ impl Pump {
     }
 
     /// Runs until `shutdown` fires, then waits for deliveries in progress and returns what
-    /// happened.
-    pub(crate) async fn run(self, mut shutdown: Shutdown) -> Summary {
+    /// happened. `stop` is the trigger of `shutdown`: the loop pulls it itself when
+    /// `EXIT_WHEN_IDLE` says the run is complete.
+    pub(crate) async fn run(self, mut shutdown: Shutdown, stop: ShutdownTrigger) -> Summary {
         let (hard_stop, hard_stop_listener) = shutdown::channel();
         let mut flow = Flow {
             capacity: Capacity::new(self.settings.max_in_flight),
@@ -199,7 +226,14 @@ impl Pump {
                 Some(done) = flow.tasks.join_next() => record(&mut flow.summary, done),
                 Some(received) = receives.join_next() => {
                     let Ok(received) = received else { continue 'receive };
-                    self.take(received, &mut pace, &mut flow, &shutdown);
+                    let empty = self.take(received, &mut pace, &mut flow, &shutdown);
+                    if empty && receives.is_empty() && self.run_is_complete(&pace, &flow) {
+                        IdleExit {
+                            idle_for: pace.last_received.elapsed(),
+                        }
+                        .emit();
+                        stop.trigger();
+                    }
                 }
                 _ = tokio::time::sleep_until(pace.resume_at), if resting => {}
                 _ = tokio::time::sleep(HEARTBEAT) => {}
@@ -237,19 +271,38 @@ impl Pump {
         } = flow;
         self.drain(tasks, hard_stop, &mut summary, &mut shutdown)
             .await;
+        // Received but never given a disposition (cut off, abandoned, or more than asked
+        // for): left as they were, back when their lease expires.
+        summary.left += summary.received.saturating_sub(summary.recorded());
         summary
     }
 
+    /// `EXIT_WHEN_IDLE`: no message received for that long, and nothing in the pipeline (a
+    /// message holds its credit, then its settling permit, until it is deleted, retried,
+    /// poisoned or released).
+    fn run_is_complete(&self, pace: &Pace, flow: &Flow) -> bool {
+        self.settings
+            .exit_when_idle
+            .is_some_and(|idle| pace.last_received.elapsed() >= idle)
+            && flow.capacity.is_idle()
+    }
+
     /// Takes a Get's answer: its messages go to delivery tasks (each waits for a slot), and
-    /// the pace of the next Gets follows what it said.
-    fn take(&self, received: Received, pace: &mut Pace, flow: &mut Flow, shutdown: &Shutdown) {
+    /// the pace of the next Gets follows what it said. True if it succeeded and was empty.
+    fn take(
+        &self,
+        received: Received,
+        pace: &mut Pace,
+        flow: &mut Flow,
+        shutdown: &Shutdown,
+    ) -> bool {
         let Received {
             result,
             mut credits,
             finished_at_send,
         } = received;
         let Batch {
-            messages,
+            mut messages,
             leased_until,
         } = match result {
             Ok(batch) => batch,
@@ -261,7 +314,7 @@ impl Pump {
                 }
                 .emit();
                 pace.rest(delay);
-                return;
+                return false;
             }
         };
         pace.failing.reset();
@@ -278,35 +331,53 @@ impl Pump {
         if messages.is_empty() {
             let delay = pace.idle.next_delay();
             pace.rest(delay);
-            return;
+            return true;
         }
         pace.idle.reset();
+        pace.last_received = Instant::now();
         pace.resume_at = tokio::time::Instant::now();
         flow.summary.received += messages.len() as u64;
         if shutdown.is_stop_now() {
             // A receive that finished after "stop now": hand the messages back at once.
             for message in messages {
                 let handler = self.handler.clone();
-                flow.tasks
-                    .spawn(async move { handler.release_unstarted(message, leased_until).await });
+                flow.tasks.spawn(async move {
+                    vec![handler.release_unstarted(message, leased_until).await]
+                });
             }
-            return;
+            return false;
         }
-        for message in messages {
-            let Some(ticket) = credits.take_one(&flow.capacity) else {
-                // Never more messages than credits were asked for; if the service sent
-                // more, the extra ones simply come back after their lease.
-                break;
-            };
-            self.spawn(flow, message, leased_until, ticket);
+        // Never more messages than credits were asked for; if the service sent more, the
+        // extra ones simply come back after their lease (and count as left).
+        messages.truncate(credits.count());
+        if self.handler.batched() {
+            // A batch holds one slot per message while its POSTs run, so never needs more
+            // than MAX_IN_FLIGHT.
+            for work in self
+                .handler
+                .batch_up(messages, leased_until, self.settings.max_in_flight)
+            {
+                let Some(ticket) = credits.take(work.sizes(), &flow.capacity) else {
+                    break;
+                };
+                self.spawn_work(flow, work, ticket);
+            }
+        } else {
+            for message in messages {
+                let Some(ticket) = credits.take(vec![message.text.len()], &flow.capacity) else {
+                    break;
+                };
+                self.spawn(flow, message, leased_until, ticket);
+            }
         }
+        false
     }
 
     /// Waits up to `SHUTDOWN_TIMEOUT` for deliveries in progress (less if a second signal
     /// comes), then cuts the rest off; they release their messages.
     async fn drain(
         &self,
-        mut tasks: JoinSet<Disposition>,
+        mut tasks: JoinSet<Vec<Disposition>>,
         hard_stop: ShutdownTrigger,
         summary: &mut Summary,
         shutdown: &mut Shutdown,
@@ -347,8 +418,8 @@ impl Pump {
                     },
                 }
             }
-            // Whatever is still stuck now is abandoned; its lease expires on its own.
-            summary.left += tasks.len() as u64;
+            // Whatever is still stuck now is abandoned; its lease expires on its own (counted
+            // as left by the caller).
             tasks.abort_all();
         }
         DrainFinished {
@@ -403,9 +474,28 @@ impl Pump {
                 slot = ticket.delivery_slot() => slot,
                 _ = stopping.wait() => None,
             };
-            match slot {
+            vec![match slot {
                 Some(slot) => handler.handle(message, leased_until, hard_stop, slot).await,
                 None => handler.release_unstarted(message, leased_until).await,
+            }]
+        });
+    }
+
+    /// Batched mode: a task for one batch (or one message that needs no POST): it waits for a
+    /// slot per message, all at once. A hard stop before that releases the messages instead.
+    fn spawn_work(&self, flow: &mut Flow, work: Work, ticket: Ticket) {
+        let handler = self.handler.clone();
+        let hard_stop = flow.hard_stop.clone();
+        flow.tasks.spawn(async move {
+            let mut stopping = hard_stop.clone();
+            let slots = tokio::select! {
+                biased;
+                slots = ticket.delivery_slots() => slots,
+                _ = stopping.wait() => None,
+            };
+            match slots {
+                Some(slots) => handler.handle_work(work, hard_stop, slots).await,
+                None => handler.release_work(work).await,
             }
         });
     }
@@ -414,7 +504,7 @@ impl Pump {
 /// The delivery side of the loop: the budgets, the delivery tasks and their tally.
 struct Flow {
     capacity: Capacity,
-    tasks: JoinSet<Disposition>,
+    tasks: JoinSet<Vec<Disposition>>,
     summary: Summary,
     /// Fires when deliveries in progress must stop (the shutdown timeout passed).
     hard_stop: Shutdown,
@@ -438,6 +528,8 @@ struct Pace {
     prefetch: usize,
     /// The last Get came back full: the queue has more.
     backlog: bool,
+    /// When a Get last brought messages (for `EXIT_WHEN_IDLE`).
+    last_received: Instant,
 }
 
 impl Pace {
@@ -448,6 +540,7 @@ impl Pace {
             resume_at: tokio::time::Instant::now(),
             prefetch: 0,
             backlog: false,
+            last_received: Instant::now(),
         }
     }
 
@@ -490,9 +583,12 @@ async fn receive(
     }
 }
 
-fn record(summary: &mut Summary, done: Result<Disposition, tokio::task::JoinError>) {
-    // A panicking task cannot have deleted its message: it comes back after its lease.
-    summary.record(done.unwrap_or(Disposition::Left));
+fn record(summary: &mut Summary, done: Result<Vec<Disposition>, tokio::task::JoinError>) {
+    // A panicking task cannot have deleted its messages: they come back after their lease
+    // (and count as left at the end, having no disposition).
+    for disposition in done.unwrap_or_default() {
+        summary.record(disposition);
+    }
 }
 
 async fn sleep_or_shutdown(delay: Duration, shutdown: &mut Shutdown) {
@@ -514,6 +610,7 @@ mod tests {
             poll_min: Duration::from_millis(100),
             poll_max: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(20),
+            exit_when_idle: None,
         }
     }
 

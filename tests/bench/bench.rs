@@ -13,6 +13,8 @@
 //!    sidecar, then the baseline again, each over the same steady-depth workload; messages/s,
 //!    sidecar CPU µs per message (user+sys from /proc), Azurite's own CPU, the CPU of every
 //!    other process (noise), duplicates and messages left;
+//!    The same workload again with `CE_MODE=batched` (phase `batched`): messages/s and CPU µs
+//!    per message next to binary mode, events per POST;
 //! 4. rtt: the same workload with the queue a round trip away — the sidecar talks to Azurite
 //!    through a delaying proxy (proxy.rs; the feeder does not) at 0, 10, 20 and 50 ms RTT
 //!    (`BENCH_RTTS_MS`): messages/s, Azurite CPU, Get calls per message, and a check that
@@ -78,8 +80,9 @@ struct Plan {
     rtts_ms: Vec<u64>,
     /// 64 KiB messages per binary in the syscalls phase (`BENCH_SYSCALL_MESSAGES`).
     syscall_messages: u64,
-    /// Which phases to run (`BENCH_PHASES=start,throughput,rtt,big,callgrind,static` by
-    /// default; also `sidecar` (throughput without the baselines) and `syscalls`).
+    /// Which phases to run (`BENCH_PHASES=start,throughput,rtt,batched,big,callgrind,static`
+    /// by default; also `sidecar` (throughput without the baselines) and `syscalls`;
+    /// `batched` (issue 15) runs the throughput workload in batched mode).
     phases: Vec<String>,
 }
 
@@ -117,7 +120,7 @@ impl Plan {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1000),
             phases: std::env::var("BENCH_PHASES")
-                .unwrap_or_else(|_| "start,throughput,rtt,big,callgrind,static".into())
+                .unwrap_or_else(|_| "start,throughput,rtt,batched,big,callgrind,static".into())
                 .split(',')
                 .map(|p| p.trim().to_string())
                 .collect(),
@@ -323,6 +326,10 @@ async fn run() {
     if bench.plan.has("sidecar") {
         let side = bench.sidecar_throughput().await;
         bench.results.insert("sidecar".into(), side);
+    }
+    if bench.plan.has("batched") {
+        let batched = bench.batched_throughput().await;
+        bench.results.insert("batched".into(), batched);
     }
     if bench.plan.has("rtt") {
         bench.rtt_sweep().await;
@@ -687,6 +694,45 @@ impl Bench {
         value["threads"] = json!(memory.threads);
         value["exit_code"] = json!(exit);
         value["put_errors"] = json!(put_errors);
+        value
+    }
+
+    /// The throughput workload in batched mode (`CE_MODE=batched`, other settings default):
+    /// up to 32 events per POST (issue 15). Phase `batched`, next to binary mode's `sidecar`.
+    async fn batched_throughput(&mut self) -> Value {
+        eprintln!("[bench] sidecar throughput, CE_MODE=batched");
+        let name = "bench-batched";
+        self.fresh_azurite(name).await;
+        let queue = self.fresh_queue(name).await;
+        self.sink.stats.reset();
+        let feeder = self.sink_feeder(queue.clone(), MESSAGE_SIZE, DEPTH, None);
+        assert!(
+            feeder.wait_sent(DEPTH, Duration::from_secs(60)).await,
+            "initial fill"
+        );
+        let admin = format!("127.0.0.1:{}", free_port());
+        let extra = [("CE_MODE", "batched"), ("ADMIN_ADDR", admin.as_str())];
+        let (mut guard, _) =
+            self.spawn_sidecar(name, self.azurite_port, &extra, &[], "sidecar-batched.log");
+        let pid = guard.pid();
+        let mut value = self.window(Some(pid), &self.consumed, None).await;
+        let posts_before = self.sink.stats.requests.load(Ordering::Relaxed);
+        let sent = feeder.stop().await;
+        let drained = wait_for(Duration::from_secs(60), || {
+            self.sink.stats.distinct() >= sent
+        })
+        .await;
+        let emptied = self.wait_empty(&queue, Duration::from_secs(30)).await;
+        let exit = guard.terminate(Duration::from_secs(30));
+        let events = self.sink.stats.distinct();
+        value["sent"] = json!(sent);
+        value["delivered_distinct"] = json!(events);
+        value["requests"] = json!(posts_before);
+        value["events_per_post"] = json!(events as f64 / posts_before.max(1) as f64);
+        value["duplicates"] = json!(self.sink.stats.duplicates());
+        value["left"] = json!(queue.approximate_message_count().await.unwrap_or(u64::MAX));
+        value["drained"] = json!(drained && emptied);
+        value["exit_code"] = json!(exit);
         value
     }
 
@@ -1175,6 +1221,39 @@ impl Bench {
             ratio * 100.0
         );
         println!();
+        let batched = &r["batched"];
+        if batched.is_object() {
+            println!(
+                "{:<46} {:>12} {:>12}",
+                "content mode (release binary)", "binary", "batched"
+            );
+            let pair = |label: &str, key: &str, digits: usize| {
+                let cell = |v: &Value| {
+                    v[key]
+                        .as_f64()
+                        .map(|x| format!("{x:.digits$}"))
+                        .unwrap_or_else(|| "-".into())
+                };
+                println!("{label:<46} {:>12} {:>12}", cell(side), cell(batched));
+            };
+            pair("messages/s", "msgs_per_s", 0);
+            pair("sidecar CPU µs/msg (user+sys)", "sidecar_cpu_us_per_msg", 1);
+            pair(
+                "  of which kernel (sys) µs/msg",
+                "sidecar_sys_us_per_msg",
+                1,
+            );
+            pair("Azurite CPU, % of one core", "azurite_core_percent", 1);
+            pair(
+                "other processes, % of one core (noise)",
+                "other_core_percent",
+                1,
+            );
+            pair("events per POST (whole run)", "events_per_post", 1);
+            pair("duplicates", "duplicates", 0);
+            pair("left in the queue after draining", "left", 0);
+            println!();
+        }
 
         // Per binary: the release build and, if built, the shipped static one.
         println!(

@@ -14,7 +14,7 @@
 # BENCH_IDLE_STEADY_S (40), BENCH_START_RUNS (7), BENCH_CALLGRIND=0 (skip callgrind),
 # BENCH_MUSL=0 (skip the static binary), BENCH_ARM64=0 (skip building the arm64 binary, whose
 # size the image budget needs), BENCH_RTTS_MS (0,10,20,50: queue round trips of the rtt phase),
-# BENCH_PHASES (start,throughput,rtt,big,callgrind,static; also `sidecar` = throughput without
+# BENCH_PHASES (start,throughput,rtt,batched,big,callgrind,static; also `sidecar` = throughput without
 # the baselines, and `syscalls` = strace -f -c per 64 KiB message, release and static, with
 # BENCH_SYSCALL_MESSAGES (1000)), BENCH_DEADLINE_S (900: the driver stops, and kills what it
 # started, after this long). E.g. the latency table alone: BENCH_PHASES=rtt BENCH_MUSL=0.
