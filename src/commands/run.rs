@@ -11,6 +11,7 @@
 
 use super::bootstrap::{block_on, Settings, USAGE_ERROR};
 use crate::admin::{AdminServer, BindError};
+use crate::auth::endpoint::TokenUnavailable;
 use crate::config::format_duration;
 use crate::pipeline::{self, pump::stall_limit, pump::Summary};
 use crate::queue::QueueError;
@@ -31,6 +32,8 @@ pub(crate) enum StartError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Admin(#[from] BindError),
+    #[error("cannot set up the endpoint's token: {0}")]
+    EndpointToken(#[from] TokenUnavailable),
 }
 
 /// The sidecar: runs until a signal, then drains; the exit status.
@@ -98,7 +101,8 @@ pub(crate) async fn run(settings: &Settings, shutdown: Shutdown) -> Result<Summa
     let config = &settings.config;
     let clients = settings.clients()?;
     let queues = settings.queues(&clients);
-    let pump = pipeline::build(config, &settings.storage, clients.endpoint.clone(), &queues)?;
+    let deliverer = settings.deliverer(&clients)?;
+    let pump = pipeline::build(config, &settings.storage, deliverer, &queues)?;
     health().set_stall_limit(stall_limit(config.poll.max_interval));
     // Bound before the pump starts: a port conflict is a start error, not a silent gap.
     let _admin = match config.ops.admin_addr {

@@ -46,6 +46,7 @@ use crate::pipeline::event::EventMapper;
 use crate::pipeline::event::Notice;
 use crate::pipeline::poison::{envelope, PoisonQueue};
 use crate::pipeline::policy::{retry_label, Decision, PoisonReason, RetryPolicy};
+use crate::pipeline::trace::{Span, Trace};
 use crate::queue::{
     Budget, Deleted, Leased, Operation, Queue, QueueError, QueueErrorKind, ReceivedMessage,
 };
@@ -273,8 +274,10 @@ impl Handler {
             return self.delete_acknowledged(&message, &lease).await;
         }
 
-        let payload = match self.mapper.to_event(&message) {
+        let (payload, trace) = match self.mapper.to_event(&message) {
             Ok(event) => {
+                let (traceparent, tracestate) = event.trace_extension();
+                let trace = self.deliverer.trace(&message.id, traceparent, tracestate);
                 match event.notice() {
                     Some(Notice::InvalidEvent { looks_like, reason }) => InvalidEventWrapped {
                         message_id: &message.id,
@@ -289,7 +292,7 @@ impl Handler {
                     .emit(),
                     None => {}
                 }
-                event.encode(self.mapper.mode())
+                (event.encode(self.mapper.mode()), trace)
             }
             Err(error) => {
                 let reason = error.to_string();
@@ -304,7 +307,11 @@ impl Handler {
             }
         };
 
-        let Some((outcome, latency)) = self.attempt(&message, &lease, payload, hard_stop).await
+        // A new span for every attempt, in the one trace of the message.
+        let span = trace.as_ref().map(Trace::new_span);
+        let Some((outcome, latency)) = self
+            .attempt(&message, &lease, payload, span.as_ref(), hard_stop)
+            .await
         else {
             return self.release(&message, &lease).await;
         };
@@ -320,6 +327,8 @@ impl Handler {
             error: error.as_ref().map(|e| e as &dyn std::fmt::Display),
             latency,
             age: message.insertion_time.map(age),
+            trace_id: span.as_ref().map(|s| s.trace_id.as_str()),
+            span_id: span.as_ref().map(|s| s.span_id.as_str()),
         }
         .emit();
 
@@ -334,13 +343,14 @@ impl Handler {
         message: &ReceivedMessage,
         lease: &Lease,
         payload: crate::pipeline::event::HttpPayload,
+        span: Option<&Span>,
         mut hard_stop: Shutdown,
     ) -> Option<(Outcome, Duration)> {
         let (stop_renewing, renewing) = shutdown::channel();
         let post = async {
             let started = Instant::now();
             let outcome = tokio::select! {
-                outcome = self.deliverer.deliver(payload) => Some((outcome, started.elapsed())),
+                outcome = self.deliverer.deliver(payload, span) => Some((outcome, started.elapsed())),
                 _ = hard_stop.wait() => None,
             };
             // A renewal in flight is not abandoned: `keep_leased` finishes it first, since

@@ -152,6 +152,25 @@ impl Event {
         self.notice.as_ref()
     }
 
+    /// The distributed tracing extension (`traceparent`, `tracestate`) of a passed-through
+    /// CloudEvent, as the producer wrote it; `None` for events the sidecar made.
+    pub(crate) fn trace_extension(&self) -> (Option<&str>, Option<&str>) {
+        if self.origin != Origin::CloudEvent {
+            return (None, None);
+        }
+        let text = |name: &str| {
+            self.attributes
+                .iter()
+                .find(|a| a.name == name)
+                .and_then(|a| match &a.value {
+                    AttributeValue::String(text) => Some(text.as_str()),
+                    AttributeValue::Raw { text, .. } => text.as_deref(),
+                    AttributeValue::Number(_) => None,
+                })
+        };
+        (text("traceparent"), text("tracestate"))
+    }
+
     /// Sets an attribute, replacing one of the same name wherever it was.
     pub(super) fn set(&mut self, attribute: Attribute) {
         self.attributes.retain(|a| a.name != attribute.name);
