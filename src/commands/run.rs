@@ -151,6 +151,8 @@ fn log_start(settings: &Settings) {
         poll_min_interval = %format_duration(config.poll.min_interval),
         poll_max_interval = %format_duration(config.poll.max_interval),
         http_timeout = %format_duration(config.endpoint.timeout),
+        endpoint_auth = config.endpoint.auth.kind(),
+        trace_context = config.endpoint.trace_context,
         retry_base_delay = %format_duration(config.retry.base_delay),
         retry_max_delay = %format_duration(config.retry.max_delay),
         max_dequeue_count = config.retry.max_dequeue_count,
