@@ -244,6 +244,21 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_token_or_no_token_never_poisons() {
+        let p = policy(1);
+        for failure in [Failure::Unauthorized, Failure::NoToken("unreadable".into())] {
+            let outcome = Outcome::Retryable {
+                failure: failure.clone(),
+                retry_after: None,
+            };
+            assert!(
+                matches!(p.decide(99, &outcome), Decision::Retry { failure: Some(f), .. } if f == failure),
+                "{failure:?}"
+            );
+        }
+    }
+
+    #[test]
     fn permanent_failures_poison_at_once_unless_poisoning_is_off() {
         let rejected = Outcome::Permanent {
             failure: Failure::Status(400),
