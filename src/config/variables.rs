@@ -321,7 +321,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "ENDPOINT_TOKEN_FILE",
         default: Default::Text("Knative's /oidc/token under K_SINK"),
-        help: "file holding a bearer token sent to the endpoint as Authorization: Bearer; re-read within 15s of a change and at once after a 401",
+        help: "file holding a bearer token sent to the endpoint as Authorization: Bearer; re-read at most 10s after it changes and at once after a 401",
         section: Section::Endpoint,
         readme: "A file holding a bearer token, sent as `Authorization: Bearer <token>` on every POST and probe (whitespace trimmed). Re-read at most 10 s after it changes (rename or Kubernetes' `..data` swap) and at once after a 401. Unset with `K_SINK` set: Knative's sender identity token `/oidc/token`, if mounted (see *Endpoint authentication*).",
         ..ROW
