@@ -12,19 +12,23 @@
 //!    `--help` from the variable table; [`commands::run`] runs the sidecar (signals, the
 //!    pipeline, the admin server, the queue-length poll, the summary line);
 //!    [`commands::check`] diagnoses a deployment; [`commands::healthcheck`] GETs the local
-//!    probe. They share one [`commands::bootstrap`]: validated settings (configuration and
+//!    probe; [`commands::poison`] peeks at the poison queue and redrives it. They share one [`commands::bootstrap`]: validated settings (configuration and
 //!    selected credential), the HTTP clients, the queue clients, the single-threaded runtime.
 //! 2. [`pipeline`]: the message pipeline — [`pipeline::pump`] (the receive loop: bounded
-//!    concurrency, idle backoff, the pause while the endpoint is down, graceful drain) hands
+//!    concurrency, idle backoff, the pause while the endpoint is down, graceful drain, the end
+//!    of a run with `EXIT_WHEN_IDLE`) hands
 //!    each message to [`pipeline::handler`] (one message's life: event, POST with lease
 //!    renewal, then delete, retry or poison), which asks [`pipeline::policy`] (pure rules)
 //!    what to do. [`pipeline::endpoint`] is the endpoint (one POST and what its answer means,
 //!    the probe, the gate that pauses receiving, and the one place every request to the
 //!    endpoint gets its bearer token and trace headers); [`pipeline::event`] turns a message
 //!    into a CloudEvent and HTTP request parts; [`pipeline::poison`] is the poison queue;
-//!    [`pipeline::trace`] is W3C trace context (a trace per message, a span per attempt).
+//!    [`pipeline::batch`] holds batched mode's rules (which messages share a POST, the
+//!    bisection of a rejected batch); [`pipeline::trace`] is W3C trace context (a trace per
+//!    message, a span per attempt).
 //! 3. [`admin`] serves `/healthz`, `/readyz` and `/metrics` from telemetry's state;
-//!    [`queue_length`] polls the approximate message count for the backlog gauge.
+//!    [`queue_length`] polls the approximate message count and the oldest message's age for
+//!    the backlog gauges.
 //! 4. [`queue`]: the queue operations we use, failures classified into what the loop can act
 //!    on, and the one retry layer of every queue call (explicit time budgets; the SDK's own
 //!    retries are off).

@@ -19,8 +19,10 @@ enum Level {
     StopNow,
 }
 
-/// The sending side: fires the shutdown, then possibly the stop-now.
-#[derive(Debug)]
+/// The sending side: fires the shutdown, then possibly the stop-now. Clones fire the same
+/// shutdown: the signal handler holds one, and the receive loop another for `EXIT_WHEN_IDLE`
+/// (an idle sidecar stops exactly as on SIGTERM).
+#[derive(Debug, Clone)]
 pub(crate) struct ShutdownTrigger {
     sender: watch::Sender<Level>,
 }

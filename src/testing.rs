@@ -12,12 +12,14 @@
 
 pub use crate::config::connection_string::{self, InvalidAccountKey};
 pub use crate::config::{
-    format_duration, parse_duration, ConfigError, ContentMode, EventConfig, EventGridSchema,
-    Variable, VARIABLES,
+    format_duration, parse_duration, BatchConfig, ConfigError, ContentMode, EventConfig,
+    EventGridSchema, Variable, VARIABLES,
 };
 pub use crate::pipeline::endpoint::parse_retry_after;
-pub use crate::pipeline::event::{is_json, EventMapper, HttpPayload, Origin, JSON, STRUCTURED};
-pub use crate::queue::{Queue, QueueConnector, QueueError, ReceivedMessage};
+pub use crate::pipeline::event::{
+    is_json, EventMapper, HttpPayload, Origin, BATCHED, JSON, STRUCTURED,
+};
+pub use crate::queue::{PeekedMessage, Queue, QueueConnector, QueueError, ReceivedMessage};
 pub use crate::transport::install_crypto_provider;
 
 use crate::auth::Credential;

@@ -6,11 +6,12 @@ schema cannot: that the sidecar is a native sidecar with its security settings, 
 resources and a grace period that fits its drain; the per-overlay wiring (workload identity
 labels, the Secret the base reads, the KEDA objects, which have no schema there).
 
-Usage: deploy_check.py OVERLAY RENDERED.yaml
+Usage: deploy_check.py OVERLAY RENDERED.yaml (OVERLAY `monitoring` for deploy/monitoring)
 Prints one line per check; exits 1 on the first failed overlay with every failure listed.
 """
 
 import base64
+import os
 import re
 import sys
 
@@ -69,19 +70,35 @@ def check_restricted(container, label):
     check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{label}: drops ALL capabilities")
 
 
-def check_sidecar(docs):
-    deployment = one(docs, "Deployment", "queue-consumer")
+def workload(docs, job):
+    """The Deployment, or (job) a stand-in with the ScaledJob's pod template."""
+    if not job:
+        return one(docs, "Deployment", "queue-consumer")
+    scaled = one(docs, "ScaledJob", "queue-consumer")
+    return {"metadata": scaled["metadata"], "spec": {"template": scaled["spec"]["jobTargetRef"]["template"]}}
+
+
+def check_sidecar(docs, job=False):
+    """The sidecar in the pod: a native sidecar next to the app, or (job) the regular
+    container that ends the Job, next to the app as a native sidecar."""
+    deployment = workload(docs, job)
     pod = deployment["spec"]["template"]["spec"]
-    sidecars = [c for c in pod.get("initContainers", []) if c["name"] == SIDECAR]
-    check(len(sidecars) == 1, "the sidecar is an init container")
+    inits = [c for c in pod.get("initContainers", []) if c["name"] == SIDECAR]
+    regular = [c for c in pod.get("containers", []) if c["name"] == SIDECAR]
+    if job:
+        check(len(regular) == 1 and not inits, "Job: the sidecar is the regular container (it ends the Job)")
+        sidecars = regular
+    else:
+        check(len(inits) == 1, "the sidecar is an init container")
+        check(not regular, "the sidecar is not also a regular container")
+        sidecars = inits
     if not sidecars:
         return
     sidecar = sidecars[0]
-    check(sidecar.get("restartPolicy") == "Always", "native sidecar: restartPolicy Always")
-    check(
-        not any(c["name"] == SIDECAR for c in pod.get("containers", [])),
-        "the sidecar is not also a regular container",
-    )
+    if job:
+        check("restartPolicy" not in sidecar, "Job: the sidecar has no container restartPolicy")
+    else:
+        check(sidecar.get("restartPolicy") == "Always", "native sidecar: restartPolicy Always")
     image = sidecar.get("image", "")
     check(
         re.search(r":[^/]+$", image) is not None and not image.endswith(":latest"),
@@ -101,8 +118,9 @@ def check_sidecar(docs):
         and pod.get("securityContext", {}).get("runAsNonRoot") is True,
         "pod: runAsNonRoot and seccomp RuntimeDefault for every container",
     )
-    for container in pod.get("containers", []):
-        check_restricted(container, f"container {container['name']}")
+    for container in pod.get("containers", []) + pod.get("initContainers", []):
+        if container["name"] != SIDECAR:
+            check_restricted(container, f"container {container['name']}")
 
     ports = {p.get("name"): p["containerPort"] for p in sidecar.get("ports", [])}
     check(ports.get("admin") == ADMIN_PORT, f"sidecar: port admin = {ADMIN_PORT}")
@@ -195,7 +213,7 @@ def check_network_policy(docs, deployment, sidecar):
         len(admin_rules) >= 1 and all(r.get("from") for r in admin_rules),
         f"the admin port {ADMIN_PORT} is admitted from selected sources (Prometheus)",
     )
-    app_ports = {p["containerPort"] for c in pod["spec"].get("containers", []) for p in c.get("ports", [])}
+    app_ports = {p["containerPort"] for c in containers if c["name"] != SIDECAR for p in c.get("ports", [])}
     admitted = set().union(*[ports for ports in open_rules if ports is not None]) if open_rules else set()
     check(app_ports <= admitted, f"the app's ports {sorted(app_ports)} stay open")
     listed = set().union(*[port_numbers(r, names) or set() for r in rules]) if rules else set()
@@ -228,14 +246,62 @@ def check_endpoint_token(pod, sidecar, settings):
         check(tokens[0].get("expirationSeconds", 3600) >= 600, "expirationSeconds >= 600 (the API's minimum)")
 
 
+def check_keda_trigger(spec, settings, docs):
+    """The azure-queue trigger of a ScaledObject or ScaledJob reads the sidecar's queue as the
+    KEDA operator's workload identity."""
+    triggers = spec.get("triggers", [])
+    check(len(triggers) == 1 and triggers[0].get("type") == "azure-queue", "one azure-queue trigger")
+    meta = triggers[0].get("metadata", {}) if triggers else {}
+    check(all(isinstance(v, str) for v in meta.values()), "trigger metadata values are strings")
+    check(meta.get("queueName") == settings.get("QUEUE_NAME"), "trigger queueName = the sidecar's QUEUE_NAME")
+    check(
+        meta.get("accountName") == settings.get("AZURE_STORAGE_ACCOUNT"),
+        "trigger accountName = the sidecar's AZURE_STORAGE_ACCOUNT",
+    )
+    check(str(meta.get("queueLength", "")).isdigit(), "trigger queueLength is a number")
+    check("connection" not in meta and "connectionFromEnv" not in meta, "no connection string for KEDA")
+    auth_name = triggers[0].get("authenticationRef", {}).get("name") if triggers else None
+    auth = one(docs, "TriggerAuthentication", auth_name)
+    check(auth["apiVersion"] == "keda.sh/v1alpha1", "TriggerAuthentication apiVersion keda.sh/v1alpha1")
+    check(
+        auth["spec"].get("podIdentity", {}).get("provider") == "azure-workload",
+        "TriggerAuthentication uses podIdentity azure-workload",
+    )
+
+
+def check_job(docs, sidecar, pod):
+    """The keda-job overlay: Jobs that the sidecar ends with EXIT_WHEN_IDLE."""
+    check(not [d for d in docs if d["kind"] == "Deployment"], "no Deployment: the ScaledJob replaces it")
+    scaled = one(docs, "ScaledJob", "queue-consumer")
+    check(scaled["apiVersion"] == "keda.sh/v1alpha1", "ScaledJob apiVersion keda.sh/v1alpha1")
+    check(pod.get("restartPolicy") in ("Never", "OnFailure"), "Job pod restartPolicy Never or OnFailure")
+    idle = [e.get("value", "") for e in sidecar.get("env", []) if e["name"] == "EXIT_WHEN_IDLE"]
+    check(len(idle) == 1 and seconds(idle[0]) > 0, f"the sidecar sets EXIT_WHEN_IDLE ({idle})")
+    apps = [c for c in pod.get("initContainers", []) if c["name"] != SIDECAR]
+    check(
+        len(apps) == 1 and apps[0].get("restartPolicy") == "Always",
+        "the app is a native sidecar: started first, stopped after the sidecar's drain",
+    )
+    check(bool(apps and apps[0].get("startupProbe")), "the app has a startupProbe: the sidecar starts once it listens")
+    endpoint = config_map_for(docs, sidecar).get("ENDPOINT_URL", "")
+    app_ports = {p["containerPort"] for c in apps for p in c.get("ports", [])}
+    check(
+        any(endpoint.startswith(f"http://127.0.0.1:{port}/") for port in app_ports),
+        f"ENDPOINT_URL {endpoint} is the app's port {sorted(app_ports)}",
+    )
+    check_keda_trigger(scaled["spec"], config_map_for(docs, sidecar), docs)
+
+
 def check_overlay(overlay, docs):
-    result = check_sidecar(docs)
+    result = check_sidecar(docs, job=overlay == "keda-job")
     if not result:
         return
     deployment, sidecar, settings = result
     check_network_policy(docs, deployment, sidecar)
     pod_meta = deployment["spec"]["template"]["metadata"]
     pod = deployment["spec"]["template"]["spec"]
+    if overlay == "keda-job":
+        check_job(docs, sidecar, pod)
 
     if overlay in ("connection-string", "azurite"):
         refs = secret_refs(sidecar)
@@ -246,7 +312,7 @@ def check_overlay(overlay, docs):
             "the Secret holds AZURE_STORAGE_CONNECTION_STRING",
         )
 
-    if overlay in ("workload-identity", "keda"):
+    if overlay in ("workload-identity", "keda", "keda-job"):
         check(secret_refs(sidecar) == [], "workload identity: no Secret at all")
         check(
             pod_meta.get("labels", {}).get("azure.workload.identity/use") == "true",
@@ -278,24 +344,7 @@ def check_overlay(overlay, docs):
             0 <= spec.get("minReplicaCount", 0) <= spec.get("maxReplicaCount", 100),
             "minReplicaCount <= maxReplicaCount",
         )
-        triggers = spec.get("triggers", [])
-        check(len(triggers) == 1 and triggers[0].get("type") == "azure-queue", "one azure-queue trigger")
-        meta = triggers[0].get("metadata", {}) if triggers else {}
-        check(all(isinstance(v, str) for v in meta.values()), "trigger metadata values are strings")
-        check(meta.get("queueName") == settings.get("QUEUE_NAME"), "trigger queueName = the sidecar's QUEUE_NAME")
-        check(
-            meta.get("accountName") == settings.get("AZURE_STORAGE_ACCOUNT"),
-            "trigger accountName = the sidecar's AZURE_STORAGE_ACCOUNT",
-        )
-        check(str(meta.get("queueLength", "")).isdigit(), "trigger queueLength is a number")
-        check("connection" not in meta and "connectionFromEnv" not in meta, "no connection string for KEDA")
-        auth_name = triggers[0].get("authenticationRef", {}).get("name") if triggers else None
-        auth = one(docs, "TriggerAuthentication", auth_name)
-        check(auth["apiVersion"] == "keda.sh/v1alpha1", "TriggerAuthentication apiVersion keda.sh/v1alpha1")
-        check(
-            auth["spec"].get("podIdentity", {}).get("provider") == "azure-workload",
-            "TriggerAuthentication uses podIdentity azure-workload",
-        )
+        check_keda_trigger(spec, settings, docs)
 
     if overlay == "azurite":
         azurite = one(docs, "Deployment", "azurite")
@@ -313,12 +362,75 @@ def check_overlay(overlay, docs):
             check_restricted(container, f"azurite container {container['name']}")
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def repo_docs(path):
+    with open(os.path.join(REPO, path), encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def readme_alerts():
+    """The rule groups of the README's example alerts (Operations > Metrics)."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    match = re.search(r"Example alerts.*?\n```yaml\n(.*?)```", readme, re.S)
+    if not match:
+        raise SystemExit("README.md has no ```yaml block after 'Example alerts'")
+    return yaml.safe_load(match.group(1))["groups"]
+
+
+def readme_metrics():
+    """Metric names in the README's metrics table, as exported (counters with _total)."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        return {"azure_queue_sidecar_" + m for m in re.findall(r"^\| `([a-z_]+)[`{]", f.read(), re.M)}
+
+
+def check_monitoring(docs):
+    """deploy/monitoring: the PodMonitor scrapes every queue-consumer pod's admin port, and
+    the PrometheusRule is the README's example alerts, on metrics the README documents."""
+    monitor = one(docs, "PodMonitor")
+    check(monitor["apiVersion"] == "monitoring.coreos.com/v1", "PodMonitor apiVersion monitoring.coreos.com/v1")
+    selector = monitor["spec"].get("selector", {}).get("matchLabels", {})
+    pods = {
+        "the Deployment": one(repo_docs("deploy/base/deployment.yaml"), "Deployment")["spec"]["template"],
+        "the keda-job Jobs": one(repo_docs("deploy/overlays/keda-job/scaledjob.yaml"), "ScaledJob")["spec"][
+            "jobTargetRef"
+        ]["template"],
+    }
+    for what, template in pods.items():
+        labels = template["metadata"].get("labels", {})
+        check(bool(selector) and selector.items() <= labels.items(), f"the PodMonitor selects the pods of {what}")
+        containers = template["spec"].get("containers", []) + template["spec"].get("initContainers", [])
+        sidecar = [c for c in containers if c["name"] == SIDECAR][0]
+        names = {p.get("name"): p["containerPort"] for p in sidecar.get("ports", [])}
+        endpoints = monitor["spec"].get("podMetricsEndpoints", [])
+        check(
+            len(endpoints) == 1
+            and names.get(endpoints[0].get("port")) == ADMIN_PORT
+            and endpoints[0].get("path") == "/metrics",
+            f"the PodMonitor scrapes /metrics on the sidecar's admin port ({what})",
+        )
+    rule = one(docs, "PrometheusRule")
+    check(rule["apiVersion"] == "monitoring.coreos.com/v1", "PrometheusRule apiVersion monitoring.coreos.com/v1")
+    groups = rule["spec"].get("groups", [])
+    check(groups == readme_alerts(), "the PrometheusRule's groups are the README's example alerts")
+    alerts = {r.get("alert") for g in groups for r in g.get("rules", [])}
+    check("OldestMessageTooOld" in alerts, "an alert on the oldest message's age")
+    used = {m for g in groups for r in g.get("rules", []) for m in re.findall(r"azure_queue_sidecar_[a-z_]+", r["expr"])}
+    documented = readme_metrics()
+    check(used and used <= documented, f"every metric the alerts use is in the README ({sorted(used - documented)} missing)")
+
+
 def main():
     overlay, path = sys.argv[1], sys.argv[2]
     with open(path, encoding="utf-8") as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
     print(f"{overlay}: {', '.join(d['kind'] + '/' + d['metadata']['name'] for d in docs)}")
-    check_overlay(overlay, docs)
+    if overlay == "monitoring":
+        check_monitoring(docs)
+    else:
+        check_overlay(overlay, docs)
     if failures:
         print(f"{overlay}: {len(failures)} check(s) failed", file=sys.stderr)
         sys.exit(1)

@@ -644,7 +644,13 @@ async fn no_secret_appears_in_logs_help_check_probes_or_metrics() {
         outputs.push(("logs".into(), sidecar.output.text()));
     }
     for env in [&by_key, &by_sas, &by_sas_missing, &by_token] {
-        for args in [&["check"][..], &["--help"][..]] {
+        for args in [
+            &["check"][..],
+            &["--help"][..],
+            &["poison", "peek"][..],
+            &["poison", "peek", "--json"][..],
+            &["poison", "redrive"][..],
+        ] {
             let (_, stdout, stderr) = command(args, env).await;
             outputs.push((format!("{args:?}"), format!("{stdout}{stderr}")));
         }

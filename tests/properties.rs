@@ -8,7 +8,7 @@ use azure_queue_sidecar::testing::connection_string;
 use azure_queue_sidecar::testing::parse_retry_after;
 use azure_queue_sidecar::testing::ReceivedMessage;
 use azure_queue_sidecar::testing::{
-    format_duration, parse_duration, ContentMode, EventConfig, EventGridSchema,
+    format_duration, parse_duration, BatchConfig, ContentMode, EventConfig, EventGridSchema,
 };
 use azure_queue_sidecar::testing::{is_json, EventMapper, HttpPayload, Origin, JSON, STRUCTURED};
 use base64::Engine;
@@ -184,6 +184,10 @@ fn event_config(mode: ContentMode, passthrough: bool, decode_base64: bool) -> Ev
         ce_type: "com.microsoft.azure.queuestorage".into(),
         source: Some("http://127.0.0.1:10001/devstoreaccount1/orders".into()),
         mode,
+        batch: BatchConfig {
+            max_events: 32,
+            max_bytes: 1 << 20,
+        },
         overrides: BTreeMap::from([("team".to_string(), "payments".to_string())]),
         decode_base64,
         passthrough,
@@ -290,8 +294,13 @@ fn check_message(text: String, bytes: &[u8], passthrough: bool, decode_base64: b
         if !passthrough {
             assert_eq!(origin, Origin::Wrapped);
         }
+        // A batched-mode entry is exactly the structured-mode document.
+        let batched = event.clone().encode(ContentMode::Batched).body;
+        let structured = event.clone().encode(ContentMode::Structured).body;
+        assert_eq!(batched, [b"[", &structured[..], b"]"].concat());
         let payload = event.encode(mode);
         match mode {
+            ContentMode::Batched => unreachable!("checked against structured mode above"),
             ContentMode::Binary => {
                 assert_valid_headers(&payload);
                 if origin == Origin::Wrapped {

@@ -477,6 +477,8 @@ fn configuration_errors_exit_2_with_one_line_naming_the_variable() {
         ("VISIBILITY_TIMEOUT", vec![("VISIBILITY_TIMEOUT", "thirty")]),
         ("HTTP_TIMEOUT", vec![("HTTP_TIMEOUT", "10")]),
         ("CE_MODE", vec![("CE_MODE", "batch")]),
+        ("CE_BATCH_SIZE", vec![("CE_BATCH_SIZE", "64")]),
+        ("CE_BATCH_MAX_BYTES", vec![("CE_BATCH_MAX_BYTES", "1MiB")]),
         // Overrides may not name context attributes or the sidecar's own extensions, and
         // their values must be strings.
         (

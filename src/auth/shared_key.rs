@@ -791,6 +791,15 @@ mod properties {
         "[ \t]{0,2}[!-~]{0,12}([ \t]{1,3}[!-~]{1,8})?[ \t]{0,2}"
     }
 
+    /// The case the property leaves out: a parameter name that decodes to ':' is sorted by its
+    /// decoded bytes (':' after '0'), like any other name.
+    #[test]
+    fn a_name_that_decodes_to_a_colon_sorts_by_its_decoded_bytes() {
+        let mut url = Url::parse("https://acct.queue.core.windows.net/q").expect("url");
+        url.set_query(Some("%3a=&0="));
+        assert_eq!(canonicalized_resource("acct", &url), "/acct/q\n0:\n::");
+    }
+
     proptest! {
         #[test]
         fn canonical_headers_are_the_x_ms_ones_lowercased_sorted_and_trimmed(
@@ -851,6 +860,10 @@ mod properties {
             path in "(/[a-zA-Z0-9%._~-]{0,10}){0,4}",
             params in prop::collection::vec(("[a-zA-Z%0-9]{1,6}", "[a-zA-Z0-9%+=,._~-]{0,8}"), 0..6),
         ) {
+            // The check below reads each line's name up to its first ':', so a name that decodes
+            // to something with a ':' (the generator can write `%3a`) would be misread by the
+            // test itself; Azure's query parameter names never contain one.
+            prop_assume!(params.iter().all(|(k, _)| !k.to_ascii_lowercase().contains("%3a")));
             let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let mut url = Url::parse("https://acct.queue.core.windows.net/").expect("url");
             url.set_path(&path);

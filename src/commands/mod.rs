@@ -4,6 +4,7 @@
 //! - [`run`]: no arguments — run the sidecar until a signal stops it.
 //! - [`check`]: diagnose configuration, credentials, queue and endpoint.
 //! - [`healthcheck`]: GET the local probe, for Docker's `HEALTHCHECK`.
+//! - [`poison`]: `poison peek` and `poison redrive`, the poison queue's operator tools.
 //!
 //! - [`bootstrap`]: what every command that reaches the queue starts from — the validated
 //!   settings, the clients, the queue clients, the runtime. A new command (a poison queue
@@ -13,6 +14,7 @@ pub(crate) mod bootstrap;
 pub(crate) mod check;
 pub(crate) mod cli;
 pub(crate) mod healthcheck;
+pub(crate) mod poison;
 pub(crate) mod run;
 
 use bootstrap::USAGE_ERROR;
@@ -33,6 +35,11 @@ pub fn main(args: &[String]) -> ExitCode {
         }
         Command::Check => check::main(),
         Command::Healthcheck(args) => healthcheck::main(&args),
+        Command::Poison(command) => poison::main(command),
+        Command::Usage(usage) => {
+            eprintln!("azure-queue-sidecar: {usage}; see --help");
+            ExitCode::from(USAGE_ERROR)
+        }
         Command::Unknown(other) => {
             eprintln!("azure-queue-sidecar: unknown argument {other:?}; see --help");
             ExitCode::from(USAGE_ERROR)

@@ -17,7 +17,7 @@ use crate::pipeline::{self, pump::stall_limit, pump::Summary};
 use crate::queue::QueueError;
 use crate::queue_length;
 use crate::redact;
-use crate::shutdown::{self, Shutdown};
+use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::telemetry::events::{InternalEvent, ShutdownStarted};
 use crate::telemetry::{self, health::health};
 use std::process::ExitCode;
@@ -51,6 +51,7 @@ pub(crate) fn main() -> ExitCode {
     );
     block_on(async move {
         let (trigger, listener) = shutdown::channel();
+        let stop = trigger.clone();
         tokio::spawn(async move {
             let mut signals = match shutdown::Signals::new() {
                 Ok(signals) => signals,
@@ -71,7 +72,7 @@ pub(crate) fn main() -> ExitCode {
             info!(signal, "second signal: stopping now");
             trigger.stop_now();
         });
-        match run(&settings, listener).await {
+        match run(&settings, listener, stop).await {
             Ok(summary) => {
                 info!(
                     received = summary.received,
@@ -96,8 +97,13 @@ pub(crate) fn main() -> ExitCode {
     .unwrap_or_else(|code| code)
 }
 
-/// Runs the sidecar until `shutdown` fires; returns what it did.
-pub(crate) async fn run(settings: &Settings, shutdown: Shutdown) -> Result<Summary, StartError> {
+/// Runs the sidecar until `shutdown` fires (from a signal, or from the pump itself through
+/// `stop` when `EXIT_WHEN_IDLE` says the run is complete); returns what it did.
+pub(crate) async fn run(
+    settings: &Settings,
+    shutdown: Shutdown,
+    stop: ShutdownTrigger,
+) -> Result<Summary, StartError> {
     let config = &settings.config;
     let clients = settings.clients()?;
     let queues = settings.queues(&clients);
@@ -123,7 +129,7 @@ pub(crate) async fn run(settings: &Settings, shutdown: Shutdown) -> Result<Summa
         ShutdownStarted.emit();
     });
     log_start(settings);
-    let summary = pump.run(shutdown).await;
+    let summary = pump.run(shutdown, stop).await;
     if let Some(task) = queue_length {
         task.abort();
     }
@@ -140,6 +146,8 @@ fn log_start(settings: &Settings) {
         auth = storage.credential.kind(),
         endpoint = %redact::url(&config.endpoint.url),
         ce_mode = ?config.event.mode,
+        ce_batch_size = config.event.batch.max_events,
+        ce_batch_max_bytes = config.event.batch.max_bytes,
         ce_type = %config.event.ce_type,
         ce_source = %config.event.source_or(&storage.queue_url),
         decode_base64 = config.event.decode_base64,
@@ -159,6 +167,9 @@ fn log_start(settings: &Settings) {
         poison_queue = %config.retry.poison_queue_name,
         create_poison_queue = config.retry.create_poison_queue,
         shutdown_timeout = %format_duration(config.shutdown_timeout),
+        exit_when_idle = %config
+            .exit_when_idle
+            .map_or_else(|| "off".to_string(), format_duration),
         admin_addr = %config
             .ops
             .admin_addr

@@ -9,6 +9,13 @@ use super::values::{ConfigError, Env};
 use std::collections::BTreeMap;
 use url::Url;
 
+/// The most events in one batched request: what one Get Messages can return.
+const MAX_BATCH_EVENTS: usize = 32;
+/// Bounds of `CE_BATCH_MAX_BYTES`: below 1 KiB most batches would be single events, above
+/// 64 MiB a batch is a memory risk for a sidecar sized in MiB.
+const MIN_BATCH_BYTES: usize = 1024;
+const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
 /// The CloudEvents 1.0 context attributes and the two data members of the JSON format.
 pub(crate) const CONTEXT_ATTRIBUTES: [&str; 10] = [
     "specversion",
@@ -44,6 +51,18 @@ pub enum ContentMode {
     Binary,
     /// The whole event as one `application/cloudevents+json` document.
     Structured,
+    /// Several events per request, as one `application/cloudevents-batch+json` array of
+    /// structured-mode events (see [`BatchConfig`]).
+    Batched,
+}
+
+/// How events are grouped in batched mode: `CE_BATCH_SIZE`, `CE_BATCH_MAX_BYTES`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// The most events in one request (1..=32: a Get Messages returns at most 32).
+    pub max_events: usize,
+    /// The most bytes of one request body; a single event larger than this goes alone.
+    pub max_bytes: usize,
 }
 
 /// How queue messages become CloudEvents.
@@ -54,8 +73,11 @@ pub struct EventConfig {
     /// The CloudEvent `source` of wrapped messages (`CE_SOURCE`); `None`: the queue URL, known
     /// once the storage account is resolved (see [`EventConfig::source_or`]).
     pub source: Option<String>,
-    /// Binary or structured content mode.
+    /// Binary, structured or batched content mode.
     pub mode: ContentMode,
+    /// How batched mode groups events (read whatever the mode, so a wrong value fails at
+    /// start either way).
+    pub batch: BatchConfig,
     /// Extensions added to every event (Knative's `K_CE_OVERRIDES`).
     pub overrides: BTreeMap<String, String>,
     /// Whether message text is base64 that must be decoded first.
@@ -88,12 +110,17 @@ pub(super) fn event_config(env: &Env) -> Result<EventConfig, ConfigError> {
     let mode = match env.value("CE_MODE")?.trim() {
         m if m.eq_ignore_ascii_case("binary") => ContentMode::Binary,
         m if m.eq_ignore_ascii_case("structured") => ContentMode::Structured,
+        m if m.eq_ignore_ascii_case("batched") => ContentMode::Batched,
         m => {
             return Err(ConfigError::new(
                 "CE_MODE",
-                format!("expected binary or structured, got {m:?}"),
+                format!("expected binary, structured or batched, got {m:?}"),
             ))
         }
+    };
+    let batch = BatchConfig {
+        max_events: env.parse_range("CE_BATCH_SIZE", 1, MAX_BATCH_EVENTS)?,
+        max_bytes: env.parse_range("CE_BATCH_MAX_BYTES", MIN_BATCH_BYTES, MAX_BATCH_BYTES)?,
     };
     let overrides = match env.get("K_CE_OVERRIDES") {
         None => BTreeMap::new(),
@@ -113,6 +140,7 @@ pub(super) fn event_config(env: &Env) -> Result<EventConfig, ConfigError> {
         ce_type: env.value("CE_TYPE")?,
         source: env.get("CE_SOURCE"),
         mode,
+        batch,
         overrides,
         decode_base64: env.flag("DECODE_BASE64")?,
         passthrough: env.flag("CE_PASSTHROUGH")?,

@@ -35,7 +35,7 @@ pub(crate) mod variables;
 pub(crate) use endpoint_auth::EndpointAuthConfig;
 #[cfg(test)]
 pub(crate) use endpoint_auth::TokenOrigin;
-pub use event::{ContentMode, EventConfig, EventGridSchema};
+pub use event::{BatchConfig, ContentMode, EventConfig, EventGridSchema};
 pub(crate) use ops::{parse_admin_addr, LogConfig, OpsConfig};
 pub(crate) use storage::{AuthMode, IdentityVariables, StorageConfig};
 pub use values::{format_duration, parse_duration, ConfigError};
@@ -108,6 +108,9 @@ pub(crate) struct Config {
     pub retry: RetryConfig,
     /// How long deliveries in progress may run on after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// `EXIT_WHEN_IDLE`: with no message received for this long and nothing in flight, drain
+    /// and exit 0 (run to completion, for Jobs); `None` runs until a signal.
+    pub exit_when_idle: Option<Duration>,
     pub log: LogConfig,
     /// The admin server (probes, metrics) and queue-length polling.
     pub ops: OpsConfig,
@@ -200,6 +203,7 @@ impl Config {
 
         let retry = retry_config(&env, &storage.queue_name)?;
         let shutdown_timeout = env.duration("SHUTDOWN_TIMEOUT")?;
+        let exit_when_idle = exit_when_idle(&env)?;
 
         let log = ops::log_config(&env)?;
         let ops = ops::ops_config(&env)?;
@@ -220,9 +224,22 @@ impl Config {
             poll,
             retry,
             shutdown_timeout,
+            exit_when_idle,
             log,
             ops,
         })
+    }
+}
+
+/// `EXIT_WHEN_IDLE`: unset (or `0`) runs until a signal; otherwise a duration above zero.
+fn exit_when_idle(env: &Env) -> Result<Option<Duration>, ConfigError> {
+    const NAME: &str = "EXIT_WHEN_IDLE";
+    match env.get(NAME).as_deref().map(str::trim) {
+        None | Some("0") => Ok(None),
+        Some(_) => match env.duration(NAME)? {
+            idle if idle.is_zero() => Ok(None),
+            idle => Ok(Some(idle)),
+        },
     }
 }
 
@@ -368,6 +385,31 @@ mod tests {
     }
 
     #[test]
+    fn exit_when_idle_is_off_unless_given_a_duration() {
+        let idle = |value: Option<&str>| {
+            let mut vars = base(&[]);
+            vars.extend(value.map(|v| ("EXIT_WHEN_IDLE", v)));
+            config(&vars).map(|c| c.exit_when_idle)
+        };
+        assert_eq!(idle(None).expect("valid"), None);
+        assert_eq!(idle(Some("0")).expect("valid"), None);
+        assert_eq!(idle(Some("0s")).expect("valid"), None);
+        assert_eq!(
+            idle(Some("30s")).expect("valid"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            idle(Some("1500ms")).expect("valid"),
+            Some(Duration::from_millis(1500))
+        );
+        for bad in ["30", "soon", "-1s"] {
+            let mut vars = base(&[]);
+            vars.push(("EXIT_WHEN_IDLE", bad));
+            assert_eq!(error_variable(&vars), "EXIT_WHEN_IDLE", "{bad}");
+        }
+    }
+
+    #[test]
     fn durations_parse_with_units_only() {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
@@ -460,7 +502,23 @@ mod tests {
             error_variable(&base(&[("RETRY_BASE_DELAY", "99ms")])),
             "RETRY_BASE_DELAY"
         );
-        assert_eq!(error_variable(&base(&[("CE_MODE", "batched")])), "CE_MODE");
+        assert_eq!(error_variable(&base(&[("CE_MODE", "batch")])), "CE_MODE");
+        assert_eq!(
+            error_variable(&base(&[("CE_BATCH_SIZE", "0")])),
+            "CE_BATCH_SIZE"
+        );
+        assert_eq!(
+            error_variable(&base(&[("CE_BATCH_SIZE", "33")])),
+            "CE_BATCH_SIZE"
+        );
+        assert_eq!(
+            error_variable(&base(&[("CE_BATCH_MAX_BYTES", "1MiB")])),
+            "CE_BATCH_MAX_BYTES"
+        );
+        assert_eq!(
+            error_variable(&base(&[("CE_BATCH_MAX_BYTES", "100")])),
+            "CE_BATCH_MAX_BYTES"
+        );
         assert_eq!(
             error_variable(&base(&[("K_CE_OVERRIDES", "{nope")])),
             "K_CE_OVERRIDES"
@@ -509,6 +567,27 @@ mod tests {
         assert_eq!(cfg.event.mode, ContentMode::Structured);
         assert!(cfg.event.decode_base64);
         assert_eq!(cfg.event.source.as_deref(), Some("/orders"));
+        assert_eq!(
+            cfg.event.batch,
+            BatchConfig {
+                max_events: 32,
+                max_bytes: 1024 * 1024
+            }
+        );
+        let batched = config(&base(&[
+            ("CE_MODE", "Batched"),
+            ("CE_BATCH_SIZE", "8"),
+            ("CE_BATCH_MAX_BYTES", "65536"),
+        ]))
+        .expect("valid");
+        assert_eq!(batched.event.mode, ContentMode::Batched);
+        assert_eq!(
+            batched.event.batch,
+            BatchConfig {
+                max_events: 8,
+                max_bytes: 65536
+            }
+        );
     }
 
     #[test]

@@ -273,9 +273,25 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "CE_MODE",
         default: Default::Value("binary"),
-        help: "binary or structured content mode",
+        help: "binary, structured or batched content mode",
         section: Section::Endpoint,
-        readme: "`binary` (attributes in `ce-` headers, data as body) or `structured` (`application/cloudevents+json`).",
+        readme: "`binary` (attributes in `ce-` headers, data as body), `structured` (`application/cloudevents+json`) or `batched` (`application/cloudevents-batch+json`: up to `CE_BATCH_SIZE` structured events per POST, see *Batched mode*).",
+        ..ROW
+    },
+    Variable {
+        name: "CE_BATCH_SIZE",
+        default: Default::Value("32"),
+        help: "CE_MODE=batched: most events per POST, 1-32",
+        section: Section::Endpoint,
+        readme: "With `CE_MODE=batched`: the most events in one POST, 1–32 (the messages of one receive are split into batches; see *Batched mode*).",
+        ..ROW
+    },
+    Variable {
+        name: "CE_BATCH_MAX_BYTES",
+        default: Default::Value("1048576"),
+        help: "CE_MODE=batched: most bytes per POST body (1024-67108864); a larger single event goes alone",
+        section: Section::Endpoint,
+        readme: "With `CE_MODE=batched`: the most bytes in one POST body, 1024–67108864 (1 KiB–64 MiB). A single event larger than this is sent alone, as a batch of one.",
         ..ROW
     },
     Variable {
@@ -431,6 +447,14 @@ pub const VARIABLES: &[Variable] = &[
         ..ROW
     },
     Variable {
+        name: "EXIT_WHEN_IDLE",
+        default: Default::Text("off"),
+        help: "run to completion: once no message was received for this long and nothing is in flight, drain and exit 0 (for Jobs); unset or 0 runs until a signal",
+        section: Section::Retries,
+        readme: "Run to completion, for Kubernetes Jobs, KEDA `ScaledJob`s and Container Apps jobs: once no message has been received for this long and no delivery is in flight, the sidecar drains as on SIGTERM and exits 0. Unset (or `0`) runs until a signal. Only a successful, empty receive counts as idle: a queue that cannot be reached keeps the sidecar running (and not ready). A message waiting for a retry delay is invisible, so it does not keep the sidecar up; it stays in the queue for the next run. See *Run to completion*.",
+        ..ROW
+    },
+    Variable {
         name: "ADMIN_ADDR",
         default: Default::Value(DEFAULT_ADMIN_ADDR),
         help: "address of the HTTP server for /healthz, /readyz and /metrics; off disables it",
@@ -441,9 +465,9 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "QUEUE_LENGTH_INTERVAL",
         default: Default::Value("30s"),
-        help: "how often the queue's approximate message count is read for /metrics; 0 disables",
+        help: "how often the queue's approximate message count and oldest message's age are read for /metrics; 0 disables",
         section: Section::Operations,
-        readme: "How often the queue's approximate message count is read for the `queue_approximate_messages` gauge; `0` disables it. Minimum 1s.",
+        readme: "How often the queue's approximate message count and the age of its oldest visible message are read for the `queue_approximate_messages` and `queue_oldest_message_age_seconds` gauges; `0` disables both. Minimum 1s.",
         ..ROW
     },
     Variable {

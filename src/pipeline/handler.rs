@@ -40,10 +40,22 @@
 //!
 //! On a hard stop (the shutdown timeout passed, or a second signal), a POST in progress is
 //! abandoned and its message released (made visible at once) for another replica.
+//!
+//! ## Batched mode
+//!
+//! With `CE_MODE=batched` a batch is a group of such messages, each with its own lease, its
+//! own attempt count and its own decision; only the POST is shared ([`Handler::batch_up`],
+//! [`Handler::handle_work`]). While the batch's POSTs run (with bisection of a permanent
+//! failure, see [`crate::pipeline::batch`]) every lease is renewed as above; then each message
+//! gets the outcome of the last POST that carried it and goes through the same path as a
+//! single message: counted as a delivery, decided by the policy, deleted, retried, poisoned.
+//! A hard stop releases the messages without an outcome and carries out the others (a message
+//! of a half that was already accepted is deleted, not released).
 
+use crate::config::{BatchConfig, ContentMode};
+use crate::pipeline::batch;
 use crate::pipeline::endpoint::{Deliverer, EndpointGate, Failure, Outcome};
-use crate::pipeline::event::EventMapper;
-use crate::pipeline::event::Notice;
+use crate::pipeline::event::{self, Event, EventMapper, Notice};
 use crate::pipeline::poison::{envelope, PoisonQueue};
 use crate::pipeline::policy::{retry_label, Decision, PoisonReason, RetryPolicy};
 use crate::pipeline::trace::{Span, Trace};
@@ -52,14 +64,17 @@ use crate::queue::{
 };
 use crate::shutdown::{self, Shutdown};
 use crate::telemetry::events::{
-    Base64EventNoticed, Degraded, DeliveryAttempted, InFlightChanged, InternalEvent,
+    Base64EventNoticed, BatchSent, Degraded, DeliveryAttempted, InFlightChanged, InternalEvent,
     InvalidEventWrapped, LeaseLost, LeaseRenewed, MessageDeleted, MessagePoisoned, MessageReleased,
     MessageUnmappable, PoisonBlocked, PoisonedNotDeleted, QueueCallFailed, RedeliveryAvoided,
     RetryScheduled,
 };
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
@@ -216,6 +231,51 @@ impl Lease {
     }
 }
 
+/// A received message in the handler's hands: its lease, and its place in the in-flight gauge
+/// until it is done.
+pub(crate) struct Member {
+    message: ReceivedMessage,
+    lease: Lease,
+    _in_flight: InFlightGuard,
+}
+
+/// What a received message needs next.
+enum Next {
+    /// A POST of this event.
+    Deliver(Event),
+    /// No POST.
+    Settle(Settlement),
+}
+
+/// Why a message needs no POST.
+pub(crate) enum Settlement {
+    /// This process delivered it before (its delete had failed): delete it now.
+    Redelivered,
+    /// It cannot become an event: carry out this decision.
+    Unmappable(Decision),
+}
+
+/// Batched mode's unit of work (see [`Handler::batch_up`]): the messages of one batch, with
+/// their entries, or one message that needs no POST. A unit holds one delivery slot per
+/// message.
+pub(crate) enum Work {
+    Post {
+        members: Vec<Member>,
+        entries: Vec<Vec<u8>>,
+    },
+    Alone(Member, Settlement),
+}
+
+impl Work {
+    /// How many messages this unit carries.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Work::Post { members, .. } => members.len(),
+            Work::Alone(..) => 1,
+        }
+    }
+}
+
 /// Handles messages. Cheap to clone into each task.
 #[derive(Clone)]
 pub(crate) struct Handler {
@@ -225,6 +285,7 @@ pub(crate) struct Handler {
     deliverer: Deliverer,
     policy: RetryPolicy,
     visibility_timeout: Duration,
+    batch: BatchConfig,
     gate: Arc<EndpointGate>,
     acknowledged: Arc<Acknowledged>,
 }
@@ -237,6 +298,7 @@ impl Handler {
         deliverer: Deliverer,
         policy: RetryPolicy,
         visibility_timeout: Duration,
+        batch: BatchConfig,
     ) -> Self {
         Self {
             queue,
@@ -245,6 +307,7 @@ impl Handler {
             deliverer,
             policy,
             visibility_timeout,
+            batch,
             gate: Arc::default(),
             acknowledged: Arc::default(),
         }
@@ -268,47 +331,27 @@ impl Handler {
         leased_until: Instant,
         hard_stop: Shutdown,
     ) -> Disposition {
-        let _in_flight = InFlightGuard::new();
-        let lease = Lease::new(&message.pop_receipt, leased_until);
-        if self.acknowledged.contains(&message.id) {
-            return self.delete_acknowledged(&message, &lease).await;
-        }
-
-        let (payload, trace) = match self.mapper.to_event(&message) {
-            Ok(event) => {
-                let (traceparent, tracestate) = event.trace_extension();
-                let trace = self.deliverer.trace(&message.id, traceparent, tracestate);
-                match event.notice() {
-                    Some(Notice::InvalidEvent { looks_like, reason }) => InvalidEventWrapped {
-                        message_id: &message.id,
-                        looks_like,
-                        reason,
-                    }
-                    .emit(),
-                    Some(Notice::Base64Event { looks_like }) => Base64EventNoticed {
-                        message_id: &message.id,
-                        looks_like,
-                    }
-                    .emit(),
-                    None => {}
-                }
-                (event.encode(self.mapper.mode()), trace)
-            }
-            Err(error) => {
-                let reason = error.to_string();
-                MessageUnmappable {
-                    message_id: &message.id,
-                    dequeue_count: message.dequeue_count,
-                    reason: &reason,
-                }
-                .emit();
-                let decision = self.policy.undeliverable(reason);
-                return self.carry_out(decision, &message, &lease).await;
-            }
+        // The member is taken apart, its in-flight guard kept until the message is done.
+        let (
+            Member {
+                message,
+                lease,
+                _in_flight: _counted,
+            },
+            next,
+        ) = self.prepare(message, leased_until);
+        let event = match next {
+            Next::Deliver(event) => event,
+            Next::Settle(settlement) => return self.settle(settlement, &message, &lease).await,
         };
-
-        // A new span for every attempt, in the one trace of the message.
-        let span = trace.as_ref().map(Trace::new_span);
+        // One trace per message, a new span for every attempt (unless TRACE_CONTEXT=off).
+        let (traceparent, tracestate) = event.trace_extension();
+        let span = self
+            .deliverer
+            .trace(&message.id, traceparent, tracestate)
+            .as_ref()
+            .map(Trace::new_span);
+        let payload = event.encode(self.mapper.mode());
         let Some((outcome, latency)) = self
             .attempt(&message, &lease, payload, span.as_ref(), hard_stop)
             .await
@@ -316,6 +359,215 @@ impl Handler {
             return self.release(&message, &lease).await;
         };
         self.gate.record(&outcome);
+        self.conclude(&message, &lease, &outcome, latency, span.as_ref())
+            .await
+    }
+
+    /// Whether events go out in batched mode ([`Handler::batch_up`], [`Handler::handle_work`]).
+    pub(crate) fn batched(&self) -> bool {
+        self.mapper.mode() == ContentMode::Batched
+    }
+
+    /// Batched mode: the messages of one receive, leased until `leased_until`, as batches
+    /// (`CE_BATCH_SIZE`, `CE_BATCH_MAX_BYTES`, in receive order), and the messages that need
+    /// no POST (delivered before, or unable to become an event), each on its own.
+    pub(crate) fn batch_up(
+        &self,
+        messages: Vec<ReceivedMessage>,
+        leased_until: Instant,
+    ) -> Vec<Work> {
+        let mut work = Vec::new();
+        let (mut members, mut entries) = (Vec::new(), Vec::new());
+        for message in messages {
+            match self.prepare(message, leased_until) {
+                (member, Next::Deliver(event)) => {
+                    entries.push(self.batch_entry(&member.message, event));
+                    members.push(member);
+                }
+                (member, Next::Settle(settlement)) => work.push(Work::Alone(member, settlement)),
+            }
+        }
+        let lens: Vec<usize> = entries.iter().map(Vec::len).collect();
+        let (mut members, mut entries) = (members.into_iter(), entries.into_iter());
+        for range in batch::group(&lens, self.batch.max_events, self.batch.max_bytes) {
+            work.push(Work::Post {
+                members: members.by_ref().take(range.len()).collect(),
+                entries: entries.by_ref().take(range.len()).collect(),
+            });
+        }
+        work
+    }
+
+    /// One message's entry in a batch: the structured-mode document of its event. This is the
+    /// place for what belongs to each event rather than to the request, such as its trace
+    /// context (the CloudEvents distributed-tracing extension): a batch POST carries many
+    /// messages, so request headers cannot carry any one message's.
+    fn batch_entry(&self, _message: &ReceivedMessage, event: Event) -> Vec<u8> {
+        event.batch_entry()
+    }
+
+    /// Carries out one piece of batched work (see [`Handler::batch_up`]): the POSTs of a
+    /// batch, bisected on a permanent failure, with every message's lease kept meanwhile; then
+    /// each message's own decision, as for a single message. `hard_stop` cuts the POSTs off:
+    /// messages without an outcome yet are released, the others carried out.
+    pub(crate) async fn handle_work(&self, work: Work, hard_stop: Shutdown) -> Vec<Disposition> {
+        let (members, entries) = match work {
+            Work::Alone(member, settlement) => {
+                return vec![
+                    self.settle(settlement, &member.message, &member.lease)
+                        .await,
+                ]
+            }
+            Work::Post { members, entries } => (members, entries),
+        };
+        let outcomes = self.post_batch(&members, &entries, hard_stop).await;
+        drop(entries);
+        join_all(
+            members
+                .iter()
+                .zip(outcomes)
+                .map(|(member, outcome)| async move {
+                    match outcome {
+                        // A batch POST carries no one message's trace context (see
+                        // `batch_entry`), so its log lines name none.
+                        Some((outcome, latency)) => {
+                            self.conclude(&member.message, &member.lease, &outcome, latency, None)
+                                .await
+                        }
+                        None => self.release(&member.message, &member.lease).await,
+                    }
+                }),
+        )
+        .await
+    }
+
+    /// The POSTs of one batch (see [`batch::Bisection`]) with the leases of all its messages
+    /// kept while any of them runs; each message's outcome and the latency of the POST that
+    /// decided it, `None` for messages a hard stop left without one.
+    async fn post_batch(
+        &self,
+        members: &[Member],
+        entries: &[Vec<u8>],
+        mut hard_stop: Shutdown,
+    ) -> Vec<Option<(Outcome, Duration)>> {
+        let (stop_renewing, renewing) = shutdown::channel();
+        let posts = async {
+            let mut outcomes = vec![None; entries.len()];
+            let mut bisection = batch::Bisection::new(entries.len());
+            while let Some(range) = bisection.next() {
+                let payload = event::batch(&entries[range.clone()]);
+                let bytes = payload.body.len();
+                let started = Instant::now();
+                let outcome = tokio::select! {
+                    outcome = self.deliverer.deliver(payload, None) => outcome,
+                    _ = hard_stop.wait() => break,
+                };
+                let latency = started.elapsed();
+                self.gate.record(&outcome);
+                let split = matches!(outcome, Outcome::Permanent { .. })
+                    && bisection.rejected(range.clone());
+                let (status, _) = outcome.status_labels();
+                BatchSent {
+                    events: range.len(),
+                    bytes,
+                    outcome: outcome.label(),
+                    status: &status,
+                    latency,
+                    split,
+                }
+                .emit();
+                if !split {
+                    for slot in &mut outcomes[range] {
+                        *slot = Some((outcome.clone(), latency));
+                    }
+                }
+            }
+            // As for one message: a renewal in flight is finished first (see `attempt`).
+            stop_renewing.trigger();
+            outcomes
+        };
+        let renewals = join_all(
+            members
+                .iter()
+                .map(|member| self.keep_leased(&member.message, &member.lease, renewing.clone())),
+        );
+        let (outcomes, _) = tokio::join!(posts, renewals);
+        outcomes
+    }
+
+    /// A received message with its lease, counted as in flight until it is done, and what it
+    /// needs next.
+    fn prepare(&self, message: ReceivedMessage, leased_until: Instant) -> (Member, Next) {
+        let in_flight = InFlightGuard::new();
+        let lease = Lease::new(&message.pop_receipt, leased_until);
+        let next = if self.acknowledged.contains(&message.id) {
+            Next::Settle(Settlement::Redelivered)
+        } else {
+            match self.mapper.to_event(&message) {
+                Ok(event) => {
+                    self.report_notice(&message, &event);
+                    Next::Deliver(event)
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    MessageUnmappable {
+                        message_id: &message.id,
+                        dequeue_count: message.dequeue_count,
+                        reason: &reason,
+                    }
+                    .emit();
+                    Next::Settle(Settlement::Unmappable(self.policy.undeliverable(reason)))
+                }
+            }
+        };
+        let member = Member {
+            message,
+            lease,
+            _in_flight: in_flight,
+        };
+        (member, next)
+    }
+
+    /// Carries out what a message that needs no POST needs.
+    async fn settle(
+        &self,
+        settlement: Settlement,
+        message: &ReceivedMessage,
+        lease: &Lease,
+    ) -> Disposition {
+        match settlement {
+            Settlement::Redelivered => self.delete_acknowledged(message, lease).await,
+            Settlement::Unmappable(decision) => self.carry_out(decision, message, lease).await,
+        }
+    }
+
+    fn report_notice(&self, message: &ReceivedMessage, event: &Event) {
+        match event.notice() {
+            Some(Notice::InvalidEvent { looks_like, reason }) => InvalidEventWrapped {
+                message_id: &message.id,
+                looks_like,
+                reason,
+            }
+            .emit(),
+            Some(Notice::Base64Event { looks_like }) => Base64EventNoticed {
+                message_id: &message.id,
+                looks_like,
+            }
+            .emit(),
+            None => {}
+        }
+    }
+
+    /// After a delivery attempt: counts it (one per message, in batched mode too), asks the
+    /// policy and carries out the decision.
+    async fn conclude(
+        &self,
+        message: &ReceivedMessage,
+        lease: &Lease,
+        outcome: &Outcome,
+        latency: Duration,
+        span: Option<&Span>,
+    ) -> Disposition {
         let (status, status_class) = outcome.status_labels();
         let error = outcome.failure().map(Failure::describe);
         DeliveryAttempted {
@@ -331,9 +583,8 @@ impl Handler {
             span_id: span.as_ref().map(|s| s.span_id.as_str()),
         }
         .emit();
-
-        let decision = self.policy.decide(message.dequeue_count, &outcome);
-        self.carry_out(decision, &message, &lease).await
+        let decision = self.policy.decide(message.dequeue_count, outcome);
+        self.carry_out(decision, message, lease).await
     }
 
     /// The POST and how long it took, with the lease kept while it runs. `None` if
@@ -711,6 +962,31 @@ fn age(inserted: OffsetDateTime) -> Duration {
     (OffsetDateTime::now_utc() - inserted)
         .try_into()
         .unwrap_or(Duration::ZERO)
+}
+
+/// Runs `futures` concurrently on the current task; their outputs in order. (The handful of
+/// futures of one batch, polled together: no extra task, no extra dependency.)
+async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut running: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = running.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in running.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_some() {
+                continue;
+            }
+            match future.as_mut().poll(cx) {
+                Poll::Ready(value) => *output = Some(value),
+                Poll::Pending => pending = true,
+            }
+        }
+        match pending {
+            true => Poll::Pending,
+            false => Poll::Ready(()),
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// Keeps the in-flight gauge right even if a delivery task is cancelled.

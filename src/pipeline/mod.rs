@@ -9,6 +9,8 @@
 //!   endpoint, and the gate that pauses receiving. Where requests to the endpoint get their
 //!   headers (trace context, authorization) when they need more than the event's.
 //! - [`event`]: queue message → CloudEvent → HTTP request parts.
+//! - [`batch`]: batched mode's pure rules — which messages share a POST, and the bisection
+//!   of a rejected batch.
 //! - [`poison`]: the poison queue and its envelope format.
 //! - [`trace`]: W3C trace context — one trace per message (its id from the message id, or
 //!   the passed-through event's), one span per attempt.
@@ -17,6 +19,7 @@
 //! policy what to do and carries it out. Nothing here builds a client or reads a variable:
 //! [`build`] gets both from the command that runs the pipeline.
 
+pub(crate) mod batch;
 pub(crate) mod endpoint;
 pub(crate) mod event;
 pub(crate) mod handler;
@@ -58,6 +61,7 @@ pub(crate) fn build(
         deliverer,
         RetryPolicy::from_config(&config.retry),
         config.visibility_timeout,
+        config.event.batch,
     );
     Ok(Pump::new(queue, handler, PumpSettings::from_config(config)))
 }

@@ -14,6 +14,10 @@
 //! already near the limit), the original text is written alone, unchanged, and the metadata goes
 //! to the log line of the poisoning instead: the message itself is never truncated or lost.
 //!
+//! [`open`] reads a poison message back (for `poison peek` and `poison redrive`): an envelope
+//! gives the original text and what happened; anything else is taken as the original text
+//! stored alone.
+//!
 //! The poison queue is created only when `CREATE_POISON_QUEUE=true`; otherwise a missing queue,
 //! like a missing permission, keeps the message in the main queue.
 
@@ -80,6 +84,65 @@ pub(crate) fn envelope(
         text
     } else {
         message.text.clone()
+    }
+}
+
+/// What happened to a poisoned message, as its envelope says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Record {
+    /// The queue the message was poisoned from.
+    pub queue: Option<String>,
+    /// The message's id in that queue.
+    pub message_id: Option<String>,
+    pub insertion_time: Option<String>,
+    pub dequeue_count: Option<u64>,
+    pub reason: Option<String>,
+    pub last_status: Option<u64>,
+    pub last_error: Option<String>,
+    pub failed_at: Option<String>,
+}
+
+/// A poison message, read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Opened {
+    /// An envelope: the record, and the original text (exactly as the main queue held it).
+    Envelope { record: Record, text: String },
+    /// Not an envelope: the original text stored alone (the envelope would have exceeded
+    /// 64 KiB), or a message someone else wrote. Its text is the whole message.
+    Raw,
+}
+
+/// Reads a poison message's text. An envelope is a JSON object whose `schema` is [`SCHEMA`]
+/// and whose `text` is a string; anything else is [`Opened::Raw`].
+pub(crate) fn open(text: &str) -> Opened {
+    let Ok(serde_json::Value::Object(document)) = serde_json::from_str(text) else {
+        return Opened::Raw;
+    };
+    if document.get("schema").and_then(|v| v.as_str()) != Some(SCHEMA) {
+        return Opened::Raw;
+    }
+    let Some(original) = document.get("text").and_then(|v| v.as_str()) else {
+        return Opened::Raw;
+    };
+    let string = |name: &str| {
+        document
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(String::from)
+    };
+    let number = |name: &str| document.get(name).and_then(|v| v.as_u64());
+    Opened::Envelope {
+        record: Record {
+            queue: string("queue"),
+            message_id: string("messageId"),
+            insertion_time: string("insertionTime"),
+            dequeue_count: number("dequeueCount"),
+            reason: string("reason"),
+            last_status: number("lastStatus"),
+            last_error: string("lastError"),
+            failed_at: string("failedAt"),
+        },
+        text: original.to_string(),
     }
 }
 
@@ -161,6 +224,44 @@ mod tests {
         assert_eq!(doc["insertionTime"], "2023-11-14T22:13:20Z");
         assert_eq!(doc["failedAt"], "2023-11-14T22:15:00Z");
         assert!(!text.contains("secret-receipt"));
+    }
+
+    #[test]
+    fn an_envelope_opens_to_the_original_text_and_its_record() {
+        let reason = PoisonReason::AttemptsExhausted(Failure::Status(503));
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_100).expect("t");
+        let original = "{\"a\": 1}\t<&> \u{e9}\u{1f600} \\ \"q\"";
+        let Opened::Envelope { record, text } =
+            open(&envelope("orders", &message(original), &reason, now))
+        else {
+            panic!("an envelope");
+        };
+        assert_eq!(text, original);
+        assert_eq!(record.queue.as_deref(), Some("orders"));
+        assert_eq!(record.message_id.as_deref(), Some("m-1"));
+        assert_eq!(record.dequeue_count, Some(5));
+        assert_eq!(record.reason.as_deref(), Some("attempts_exhausted"));
+        assert_eq!(record.last_status, Some(503));
+        assert_eq!(record.failed_at.as_deref(), Some("2023-11-14T22:15:00Z"));
+    }
+
+    #[test]
+    fn anything_but_an_envelope_is_raw_text() {
+        for text in [
+            "",
+            "plain",
+            "{\"a\":1}",
+            "[1,2]",
+            "{\"schema\":\"azure-queue-sidecar.poison.v1\"}",
+            "{\"schema\":\"other\",\"text\":\"x\"}",
+            "{\"schema\":\"azure-queue-sidecar.poison.v1\",\"text\":7}",
+        ] {
+            assert_eq!(open(text), Opened::Raw, "{text}");
+        }
+        let big = "y".repeat(MAX_MESSAGE_BYTES - 10);
+        let reason = PoisonReason::Rejected(Failure::Status(413));
+        let stored = envelope("orders", &message(&big), &reason, OffsetDateTime::now_utc());
+        assert_eq!(open(&stored), Opened::Raw);
     }
 
     #[test]

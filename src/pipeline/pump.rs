@@ -8,6 +8,10 @@
 //! previous batch is done, and a slow endpoint can never have more than `MAX_IN_FLIGHT`
 //! requests open.
 //!
+//! In batched mode (`CE_MODE=batched`) the messages of a receive are grouped by the handler
+//! and each batch goes to one task with one permit per message: `MAX_IN_FLIGHT` still counts
+//! messages, and a receive still asks for up to `BATCH_SIZE`.
+//!
 //! An empty queue makes the loop back off (randomized, doubling up to `POLL_MAX_INTERVAL`),
 //! because every Get is billed; a failing queue service makes it back off too, and the failure
 //! is logged once per change of state, not per attempt (the event asks the queue's state in
@@ -24,17 +28,23 @@
 //! count for nothing. A second signal stops at once: deliveries in progress are cut off,
 //! their messages released, and the process exits within a few seconds.
 //!
+//! With `EXIT_WHEN_IDLE`, the loop asks for that same shutdown itself (through a clone of the
+//! signal's trigger, so there is one shutdown path) after an empty receive, once no message
+//! has been received for that long and no delivery is in flight: the drain is then empty and
+//! the process exits 0. Only a successful, empty receive counts: a failing queue or a paused
+//! endpoint never ends the run.
+//!
 //! Worst case from the first signal to exit: [`RECEIVE_GRACE`] + `SHUTDOWN_TIMEOUT` +
 //! [`RELEASE_GRACE`] (a pod's `terminationGracePeriodSeconds` must cover that, plus the app's
 //! own shutdown).
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::pipeline::handler::{Disposition, Handler};
+use crate::pipeline::handler::{Disposition, Handler, Work};
 use crate::queue::{Batch, Budget, Queue, QueueError, MAX_TRY};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use crate::telemetry::events::{
-    DrainFinished, EndpointDown, EndpointUp, InternalEvent, PumpHeartbeat, ReceiveFailed,
+    DrainFinished, EndpointDown, EndpointUp, IdleExit, InternalEvent, PumpHeartbeat, ReceiveFailed,
     ReceiveSucceeded, StopNowRequested,
 };
 use std::sync::Arc;
@@ -84,6 +94,8 @@ pub(crate) struct PumpSettings {
     pub poll_min: Duration,
     pub poll_max: Duration,
     pub shutdown_timeout: Duration,
+    /// `EXIT_WHEN_IDLE`.
+    pub exit_when_idle: Option<Duration>,
 }
 
 impl PumpSettings {
@@ -95,6 +107,7 @@ impl PumpSettings {
             poll_min: config.poll.min_interval,
             poll_max: config.poll.max_interval,
             shutdown_timeout: config.shutdown_timeout,
+            exit_when_idle: config.exit_when_idle,
         }
     }
 
@@ -123,6 +136,18 @@ pub(crate) struct Summary {
 }
 
 impl Summary {
+    /// Messages with a disposition so far.
+    fn recorded(&self) -> u64 {
+        self.delivered
+            + self.delivered_not_deleted
+            + self.redeliveries_avoided
+            + self.retries_scheduled
+            + self.poisoned
+            + self.poisoned_not_deleted
+            + self.released
+            + self.left
+    }
+
     fn record(&mut self, disposition: Disposition) {
         let counter = match disposition {
             Disposition::Delivered => &mut self.delivered,
@@ -155,14 +180,16 @@ impl Pump {
     }
 
     /// Runs until `shutdown` fires, then waits for deliveries in progress and returns what
-    /// happened.
-    pub(crate) async fn run(self, mut shutdown: Shutdown) -> Summary {
+    /// happened. `stop` is the trigger of `shutdown`: the loop pulls it itself when
+    /// `EXIT_WHEN_IDLE` says the run is complete.
+    pub(crate) async fn run(self, mut shutdown: Shutdown, stop: ShutdownTrigger) -> Summary {
         let slots = Arc::new(Semaphore::new(self.settings.max_in_flight));
-        let mut tasks: JoinSet<Disposition> = JoinSet::new();
+        let mut tasks: JoinSet<Vec<Disposition>> = JoinSet::new();
         let mut summary = Summary::default();
         let mut idle = Backoff::new(self.settings.poll_min, self.settings.poll_max);
         let mut failing = Backoff::new(FAILURE_BACKOFF_MIN, FAILURE_BACKOFF_MAX);
         let (hard_stop, hard_stop_listener) = shutdown::channel();
+        let mut last_received = Instant::now();
 
         'receive: loop {
             PumpHeartbeat.emit();
@@ -195,7 +222,7 @@ impl Pump {
                 .receive(permits.num_permits() as u32, &mut shutdown)
                 .await;
             let Batch {
-                messages,
+                mut messages,
                 leased_until,
             } = match received {
                 Ok(batch) => batch,
@@ -219,34 +246,55 @@ impl Pump {
 
             if messages.is_empty() {
                 drop(permits);
+                if self.run_is_complete(last_received, &slots) {
+                    IdleExit {
+                        idle_for: last_received.elapsed(),
+                    }
+                    .emit();
+                    stop.trigger();
+                    continue 'receive;
+                }
                 sleep_or_shutdown(idle.next_delay(), &mut shutdown).await;
                 continue 'receive;
             }
             idle.reset();
+            last_received = Instant::now();
             summary.received += messages.len() as u64;
             if shutdown.is_stop_now() {
                 // A receive that finished after "stop now": hand the messages back at once.
                 for message in messages {
                     let handler = self.handler.clone();
-                    tasks.spawn(
-                        async move { handler.release_unstarted(message, leased_until).await },
-                    );
+                    tasks.spawn(async move {
+                        vec![handler.release_unstarted(message, leased_until).await]
+                    });
                 }
                 break 'receive;
             }
-            for message in messages {
-                let Some(permit) = permits.split(1) else {
-                    // Never more messages than permits were asked for; if the service sent
-                    // more, the extra ones simply come back after their lease.
-                    break;
-                };
-                self.spawn(
-                    &mut tasks,
-                    message,
-                    leased_until,
-                    permit,
-                    hard_stop_listener.clone(),
-                );
+            // Never more messages than permits were asked for; if the service sent more, the
+            // extra ones simply come back after their lease (and count as left).
+            messages.truncate(permits.num_permits());
+            if self.handler.batched() {
+                // A batch holds one slot per message: MAX_IN_FLIGHT counts messages in every
+                // mode.
+                for work in self.handler.batch_up(messages, leased_until) {
+                    let Some(permit) = permits.split(work.len()) else {
+                        break;
+                    };
+                    self.spawn_work(&mut tasks, work, permit, hard_stop_listener.clone());
+                }
+            } else {
+                for message in messages {
+                    let Some(permit) = permits.split(1) else {
+                        break;
+                    };
+                    self.spawn(
+                        &mut tasks,
+                        message,
+                        leased_until,
+                        permit,
+                        hard_stop_listener.clone(),
+                    );
+                }
             }
             if shutdown.is_requested() {
                 // The last receive finished after the signal: its messages are delivered in
@@ -257,14 +305,26 @@ impl Pump {
 
         self.drain(tasks, hard_stop, &mut summary, &mut shutdown)
             .await;
+        // Received but never given a disposition (cut off, abandoned, or more than asked
+        // for): left as they were, back when their lease expires.
+        summary.left += summary.received.saturating_sub(summary.recorded());
         summary
+    }
+
+    /// `EXIT_WHEN_IDLE`: no message received for that long, and every delivery slot free (a
+    /// task holds its slot until its message is deleted, retried, poisoned or released).
+    fn run_is_complete(&self, last_received: Instant, slots: &Semaphore) -> bool {
+        self.settings
+            .exit_when_idle
+            .is_some_and(|idle| last_received.elapsed() >= idle)
+            && slots.available_permits() == self.settings.max_in_flight
     }
 
     /// Waits up to `SHUTDOWN_TIMEOUT` for deliveries in progress (less if a second signal
     /// comes), then cuts the rest off; they release their messages.
     async fn drain(
         &self,
-        mut tasks: JoinSet<Disposition>,
+        mut tasks: JoinSet<Vec<Disposition>>,
         hard_stop: ShutdownTrigger,
         summary: &mut Summary,
         shutdown: &mut Shutdown,
@@ -305,8 +365,8 @@ impl Pump {
                     },
                 }
             }
-            // Whatever is still stuck now is abandoned; its lease expires on its own.
-            summary.left += tasks.len() as u64;
+            // Whatever is still stuck now is abandoned; its lease expires on its own (counted
+            // as left by the caller).
             tasks.abort_all();
         }
         DrainFinished {
@@ -373,7 +433,7 @@ impl Pump {
 
     fn spawn(
         &self,
-        tasks: &mut JoinSet<Disposition>,
+        tasks: &mut JoinSet<Vec<Disposition>>,
         message: crate::queue::ReceivedMessage,
         leased_until: Instant,
         permit: OwnedSemaphorePermit,
@@ -383,14 +443,33 @@ impl Pump {
         tasks.spawn(async move {
             let disposition = handler.handle(message, leased_until, hard_stop).await;
             drop(permit);
-            disposition
+            vec![disposition]
+        });
+    }
+
+    /// Batched mode: one batch (or one message that needs no POST) in a task of its own.
+    fn spawn_work(
+        &self,
+        tasks: &mut JoinSet<Vec<Disposition>>,
+        work: Work,
+        permit: OwnedSemaphorePermit,
+        hard_stop: Shutdown,
+    ) {
+        let handler = self.handler.clone();
+        tasks.spawn(async move {
+            let dispositions = handler.handle_work(work, hard_stop).await;
+            drop(permit);
+            dispositions
         });
     }
 }
 
-fn record(summary: &mut Summary, done: Result<Disposition, tokio::task::JoinError>) {
-    // A panicking task cannot have deleted its message: it comes back after its lease.
-    summary.record(done.unwrap_or(Disposition::Left));
+fn record(summary: &mut Summary, done: Result<Vec<Disposition>, tokio::task::JoinError>) {
+    // A panicking task cannot have deleted its messages: they come back after their lease
+    // (and count as left at the end, having no disposition).
+    for disposition in done.unwrap_or_default() {
+        summary.record(disposition);
+    }
 }
 
 async fn sleep_or_shutdown(delay: Duration, shutdown: &mut Shutdown) {
@@ -412,6 +491,7 @@ mod tests {
             poll_min: Duration::from_millis(100),
             poll_max: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(20),
+            exit_when_idle: None,
         }
     }
 

@@ -17,6 +17,7 @@ pub(crate) enum Operation {
     Send,
     Properties,
     Create,
+    Peek,
 }
 
 impl Operation {
@@ -28,6 +29,7 @@ impl Operation {
             Operation::Send => "send",
             Operation::Properties => "properties",
             Operation::Create => "create",
+            Operation::Peek => "peek",
         }
     }
 }

@@ -33,8 +33,8 @@ use crate::telemetry::events::{InternalEvent, QueueCallCompleted};
 use azure_core::http::headers::HeaderName;
 use azure_core::http::{ClientOptions, RetryOptions, Transport};
 use azure_storage_queue::models::{
-    QueueClientGetPropertiesResultHeaders, QueueClientReceiveMessagesOptions,
-    QueueClientSendMessageOptions, QueueMessage,
+    QueueClientGetPropertiesResultHeaders, QueueClientPeekMessagesOptions,
+    QueueClientReceiveMessagesOptions, QueueClientSendMessageOptions, QueueMessage,
 };
 use azure_storage_queue::{QueueClient, QueueClientOptions};
 use std::fmt;
@@ -109,6 +109,22 @@ impl fmt::Debug for ReceivedMessage {
             .field("text_len", &self.text.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The most messages one Get Messages or Peek Messages call returns (the service's limit).
+pub(crate) const MAX_MESSAGES_PER_CALL: u32 = 32;
+
+/// A message seen by Peek Messages: visible, not leased, untouched (no pop receipt, the
+/// dequeue count not bumped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeekedMessage {
+    pub id: String,
+    /// The message text exactly as stored.
+    pub text: String,
+    /// How many times the message has been received so far.
+    pub dequeue_count: u32,
+    /// When the message was enqueued (whole seconds: the service's resolution).
+    pub insertion_time: Option<OffsetDateTime>,
 }
 
 /// One queue, with an authorized client.
@@ -282,6 +298,48 @@ impl Queue {
         retry::retrying(Operation::Send, budget, || self.send(text, None, None)).await
     }
 
+    /// Peek Messages with retries within `budget`: up to `max` (1..=32) visible messages from
+    /// the front of the queue, without leasing them or bumping their dequeue count.
+    pub(crate) async fn peek_within(
+        &self,
+        max: u32,
+        budget: Budget,
+    ) -> Result<Vec<PeekedMessage>, QueueError> {
+        retry::retrying(Operation::Peek, budget, || self.peek(max)).await
+    }
+
+    /// Peek Messages, one try (see [`Queue::peek_within`]).
+    pub async fn peek(&self, max: u32) -> Result<Vec<PeekedMessage>, QueueError> {
+        let options = QueueClientPeekMessagesOptions {
+            number_of_messages: Some(max.clamp(1, MAX_MESSAGES_PER_CALL) as i32),
+            ..Default::default()
+        };
+        let response = timed(Operation::Peek, self.client.peek_messages(Some(options)))
+            .await
+            .map_err(|e| QueueError::from_sdk(Operation::Peek, e))?;
+        let list = response
+            .into_model()
+            .map_err(|e| QueueError::from_sdk(Operation::Peek, e))?;
+        list.items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| {
+                let Some(id) = m.message_id else {
+                    return Err(QueueError::invalid_response(
+                        Operation::Peek,
+                        "a peeked message has no id",
+                    ));
+                };
+                Ok(PeekedMessage {
+                    id,
+                    text: m.message_text.unwrap_or_default(),
+                    dequeue_count: m.dequeue_count.unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
+                    insertion_time: m.insertion_time,
+                })
+            })
+            .collect()
+    }
+
     /// Get Messages, one try: up to `max` messages (1..=32), each leased for `visibility`.
     pub async fn receive(
         &self,
@@ -289,7 +347,7 @@ impl Queue {
         visibility: Duration,
     ) -> Result<Vec<ReceivedMessage>, QueueError> {
         let options = QueueClientReceiveMessagesOptions {
-            number_of_messages: Some(max.clamp(1, 32) as i32),
+            number_of_messages: Some(max.clamp(1, MAX_MESSAGES_PER_CALL) as i32),
             visibility_timeout: Some(whole_seconds(visibility)),
             ..Default::default()
         };

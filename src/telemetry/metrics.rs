@@ -41,6 +41,8 @@ pub(crate) struct Metrics {
     pub queue_call_seconds: HistogramFamily,
     /// The queue's approximate message count, visible and invisible.
     pub queue_messages: Gauge,
+    /// The age of the message at the front of the queue (0 when none is visible).
+    pub oldest_message_age_seconds: Gauge,
     /// Microsoft Entra ID token requests by identity and outcome.
     pub token_requests: Family<Labels, Counter>,
     /// Failed token endpoint calls by identity and status.
@@ -65,12 +67,18 @@ pub(crate) struct Metrics {
     pub receive_loop_heartbeats: Counter,
     /// 1 while the liveness probe fails.
     pub receive_loop_stalled: Gauge,
+    /// `EXIT_WHEN_IDLE` ended the run (0 or 1).
+    pub idle_exits: Counter,
     /// Where the admin server listens (1 per address).
     pub admin: Family<Labels, Gauge>,
     /// Admin connections that failed (hung up, garbage, too slow).
     pub admin_connection_errors: Counter,
     /// See [`ShutdownPhase`].
     shutdown_phase: Gauge,
+    /// Events per POST in batched mode.
+    pub batch_size: Histogram,
+    /// Batched POSTs rejected permanently and split in halves.
+    pub batch_bisections: Counter,
 }
 
 /// How far shutdown has gone, as the `shutdown_phase` gauge shows it.
@@ -110,6 +118,7 @@ impl Metrics {
             message_age_seconds: Histogram::new(exponential_buckets(0.01, 4.0, 14)),
             queue_call_seconds: Family::new_with_constructor(queue_call_histogram),
             queue_messages: Gauge::default(),
+            oldest_message_age_seconds: Gauge::default(),
             token_requests: Family::default(),
             token_endpoint_errors: Family::default(),
             endpoint_token_failures: Family::default(),
@@ -122,9 +131,13 @@ impl Metrics {
             receiving_paused: Gauge::default(),
             receive_loop_heartbeats: Counter::default(),
             receive_loop_stalled: Gauge::default(),
+            idle_exits: Counter::default(),
             admin: Family::default(),
             admin_connection_errors: Counter::default(),
             shutdown_phase: Gauge::default(),
+            // 1, 2, 4, ..., 32 events
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 6)),
+            batch_bisections: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -206,6 +219,7 @@ impl Metrics {
         metrics.register_identity(&mut registry);
         metrics.register_events(&mut registry);
         metrics.register_lifecycle(&mut registry);
+        metrics.register_batches(&mut registry);
         Self {
             registry,
             ..metrics
@@ -223,6 +237,11 @@ impl Metrics {
             "queue_approximate_messages",
             "The queue's approximate message count (visible and invisible), polled every QUEUE_LENGTH_INTERVAL",
             self.queue_messages.clone(),
+        );
+        registry.register(
+            "queue_oldest_message_age_seconds",
+            "Age of the oldest visible message (the front of the queue, from Peek Messages; leased and retry-delayed messages are not visible), 0 when none is visible; polled every QUEUE_LENGTH_INTERVAL",
+            self.oldest_message_age_seconds.clone(),
         );
         registry.register(
             "build",
@@ -257,6 +276,11 @@ impl Metrics {
             "shutdown_phase",
             "0 running, 1 draining after a signal, 2 cutting deliveries off (second signal), 3 drained",
             self.shutdown_phase.clone(),
+        );
+        registry.register(
+            "idle_exits",
+            "Runs ended by EXIT_WHEN_IDLE (no message received for that long, nothing in flight)",
+            self.idle_exits.clone(),
         );
         registry.register(
             "admin",
@@ -308,6 +332,21 @@ impl Metrics {
             "decode_base64_hint",
             "1 once a message arrived that is base64 of a CloudEvent or an Event Grid event while DECODE_BASE64=false",
             self.decode_base64_hint.clone(),
+        );
+    }
+
+    /// Registers batched mode's own metrics (its deliveries are counted per message, in
+    /// `deliveries`).
+    fn register_batches(&self, registry: &mut Registry) {
+        registry.register(
+            "batch_size",
+            "Events per POST in batched mode (CE_MODE=batched), bisection POSTs included",
+            self.batch_size.clone(),
+        );
+        registry.register(
+            "batch_bisections",
+            "Batched POSTs that failed permanently and were split in halves to find the rejected events",
+            self.batch_bisections.clone(),
         );
     }
 

@@ -13,6 +13,8 @@
 //!    sidecar, then the baseline again, each over the same steady-depth workload; messages/s,
 //!    sidecar CPU µs per message (user+sys from /proc), Azurite's own CPU, the CPU of every
 //!    other process (noise), duplicates and messages left;
+//!    The same workload again with `CE_MODE=batched` (phase `batched`): messages/s and CPU µs
+//!    per message next to binary mode, events per POST;
 //! 4. peak RSS with `MAX_IN_FLIGHT=32` and 64 KiB messages;
 //! 5. instructions per message under `valgrind --tool=callgrind` (noise-free; the marginal
 //!    cost between a 200- and a 2,000-message run, so start-up cancels out);
@@ -61,7 +63,8 @@ struct Plan {
     idle_steady: Duration,
     start_runs: usize,
     callgrind: Vec<u64>,
-    /// Which phases to run (`BENCH_PHASES=start,throughput,big,callgrind`; all by default).
+    /// Which phases to run (`BENCH_PHASES=start,throughput,big,callgrind`; all by default;
+    /// `batched` (issue 15) runs the throughput workload in batched mode too).
     phases: Vec<String>,
 }
 
@@ -90,7 +93,7 @@ impl Plan {
                 .unwrap_or(7),
             callgrind,
             phases: std::env::var("BENCH_PHASES")
-                .unwrap_or_else(|_| "start,throughput,big,callgrind,static".into())
+                .unwrap_or_else(|_| "start,throughput,batched,big,callgrind,static".into())
                 .split(',')
                 .map(|p| p.trim().to_string())
                 .collect(),
@@ -296,6 +299,10 @@ async fn run() {
     if bench.plan.has("sidecar") {
         let side = bench.sidecar_throughput().await;
         bench.results.insert("sidecar".into(), side);
+    }
+    if bench.plan.has("batched") {
+        let batched = bench.batched_throughput().await;
+        bench.results.insert("batched".into(), batched);
     }
     if bench.plan.has("big") {
         bench.big_messages().await;
@@ -636,6 +643,45 @@ impl Bench {
         value
     }
 
+    /// The throughput workload in batched mode (`CE_MODE=batched`, other settings default):
+    /// up to 32 events per POST (issue 15). Phase `batched`, next to binary mode's `sidecar`.
+    async fn batched_throughput(&mut self) -> Value {
+        eprintln!("[bench] sidecar throughput, CE_MODE=batched");
+        let name = "bench-batched";
+        self.fresh_azurite(name).await;
+        let queue = self.fresh_queue(name).await;
+        self.sink.stats.reset();
+        let feeder = self.sink_feeder(queue.clone(), MESSAGE_SIZE, DEPTH, None);
+        assert!(
+            feeder.wait_sent(DEPTH, Duration::from_secs(60)).await,
+            "initial fill"
+        );
+        let admin = format!("127.0.0.1:{}", free_port());
+        let extra = [("CE_MODE", "batched"), ("ADMIN_ADDR", admin.as_str())];
+        let (mut guard, _) =
+            self.spawn_sidecar(name, self.azurite_port, &extra, &[], "sidecar-batched.log");
+        let pid = guard.pid();
+        let mut value = self.window(Some(pid), &self.consumed).await;
+        let posts_before = self.sink.stats.requests.load(Ordering::Relaxed);
+        let sent = feeder.stop().await;
+        let drained = wait_for(Duration::from_secs(60), || {
+            self.sink.stats.distinct() >= sent
+        })
+        .await;
+        let emptied = self.wait_empty(&queue, Duration::from_secs(30)).await;
+        let exit = guard.terminate(Duration::from_secs(30));
+        let events = self.sink.stats.distinct();
+        value["sent"] = json!(sent);
+        value["delivered_distinct"] = json!(events);
+        value["requests"] = json!(posts_before);
+        value["events_per_post"] = json!(events as f64 / posts_before.max(1) as f64);
+        value["duplicates"] = json!(self.sink.stats.duplicates());
+        value["left"] = json!(queue.approximate_message_count().await.unwrap_or(u64::MAX));
+        value["drained"] = json!(drained && emptied);
+        value["exit_code"] = json!(exit);
+        value
+    }
+
     /// A feeder driven by the sink's distinct deliveries (counted from now on: the feeder
     /// takes the sink's running total as its base).
     fn sink_feeder(&self, queue: Queue, size: usize, depth: u64, limit: Option<u64>) -> Feeder {
@@ -923,6 +969,39 @@ impl Bench {
             ratio * 100.0
         );
         println!();
+        let batched = &r["batched"];
+        if batched.is_object() {
+            println!(
+                "{:<46} {:>12} {:>12}",
+                "content mode (release binary)", "binary", "batched"
+            );
+            let pair = |label: &str, key: &str, digits: usize| {
+                let cell = |v: &Value| {
+                    v[key]
+                        .as_f64()
+                        .map(|x| format!("{x:.digits$}"))
+                        .unwrap_or_else(|| "-".into())
+                };
+                println!("{label:<46} {:>12} {:>12}", cell(side), cell(batched));
+            };
+            pair("messages/s", "msgs_per_s", 0);
+            pair("sidecar CPU µs/msg (user+sys)", "sidecar_cpu_us_per_msg", 1);
+            pair(
+                "  of which kernel (sys) µs/msg",
+                "sidecar_sys_us_per_msg",
+                1,
+            );
+            pair("Azurite CPU, % of one core", "azurite_core_percent", 1);
+            pair(
+                "other processes, % of one core (noise)",
+                "other_core_percent",
+                1,
+            );
+            pair("events per POST (whole run)", "events_per_post", 1);
+            pair("duplicates", "duplicates", 0);
+            pair("left in the queue after draining", "left", 0);
+            println!();
+        }
 
         // Per binary: the release build and, if built, the shipped static one.
         println!(

@@ -12,7 +12,7 @@
 #
 # Knobs (environment): BENCH_WINDOW_S (15), BENCH_WARMUP_S (3), BENCH_IDLE_RAMP_S (10),
 # BENCH_IDLE_STEADY_S (40), BENCH_START_RUNS (7), BENCH_CALLGRIND=0 (skip callgrind),
-# BENCH_MUSL=0 (skip the static binary), BENCH_PHASES (start,throughput,big,callgrind,static),
+# BENCH_MUSL=0 (skip the static binary), BENCH_PHASES (start,throughput,batched,big,callgrind,static),
 # BENCH_DEADLINE_S (900: the driver stops, and kills what it started, after this long).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

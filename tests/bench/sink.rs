@@ -21,8 +21,11 @@ pub struct SinkStats {
     pub requests: AtomicU64,
     /// Body bytes received.
     pub bytes: AtomicU64,
-    /// POSTs without a `ce-id` header (should stay 0 in binary mode).
+    /// POSTs without a `ce-id` header and without batched entries (should stay 0).
     pub without_id: AtomicU64,
+    /// Entries of batched-mode POSTs beyond the first of each (so that requests + this is the
+    /// number of events received).
+    pub batch_entries: AtomicU64,
     ids: Mutex<HashSet<String>>,
 }
 
@@ -32,8 +35,7 @@ impl SinkStats {
     }
 
     pub fn duplicates(&self) -> u64 {
-        self.requests
-            .load(Ordering::Relaxed)
+        (self.requests.load(Ordering::Relaxed) + self.batch_entries.load(Ordering::Relaxed))
             .saturating_sub(self.distinct() + self.without_id.load(Ordering::Relaxed))
     }
 
@@ -42,6 +44,7 @@ impl SinkStats {
         self.requests.store(0, Ordering::Relaxed);
         self.bytes.store(0, Ordering::Relaxed);
         self.without_id.store(0, Ordering::Relaxed);
+        self.batch_entries.store(0, Ordering::Relaxed);
         if let Ok(mut ids) = self.ids.lock() {
             ids.clear();
         }
@@ -87,20 +90,25 @@ impl Sink {
                                 let body = request.into_body().collect().await?.to_bytes();
                                 stats.requests.fetch_add(1, Ordering::Relaxed);
                                 stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-                                match id {
-                                    Some(id) => {
-                                        let new = stats
-                                            .ids
-                                            .lock()
-                                            .map(|mut ids| ids.insert(id))
-                                            .unwrap_or(false);
-                                        if new {
-                                            consumed.fetch_add(1, Ordering::Relaxed);
-                                            wake.notify_waiters();
-                                        }
-                                    }
-                                    None => {
-                                        stats.without_id.fetch_add(1, Ordering::Relaxed);
+                                // Binary mode: the ce-id header; batched mode: each entry's id.
+                                let ids = match id {
+                                    Some(id) => vec![id],
+                                    None => batch_ids(&body),
+                                };
+                                if ids.is_empty() {
+                                    stats.without_id.fetch_add(1, Ordering::Relaxed);
+                                }
+                                let more = (ids.len() as u64).saturating_sub(1);
+                                stats.batch_entries.fetch_add(more, Ordering::Relaxed);
+                                for id in ids {
+                                    let new = stats
+                                        .ids
+                                        .lock()
+                                        .map(|mut ids| ids.insert(id))
+                                        .unwrap_or(false);
+                                    if new {
+                                        consumed.fetch_add(1, Ordering::Relaxed);
+                                        wake.notify_waiters();
                                     }
                                 }
                                 Ok::<_, hyper::Error>(hyper::Response::new(Empty::<Bytes>::new()))
@@ -117,4 +125,16 @@ impl Sink {
             stats,
         }
     }
+}
+
+/// The `id` of every entry of a batched-mode body (`CE_MODE=batched`): a JSON array of
+/// structured-mode events. Empty for any other body.
+fn batch_ids(body: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        id: String,
+    }
+    serde_json::from_slice::<Vec<Entry>>(body)
+        .map(|entries| entries.into_iter().map(|e| e.id).collect())
+        .unwrap_or_default()
 }

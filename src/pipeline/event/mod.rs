@@ -17,7 +17,9 @@
 //! duplicate members) is wrapped as data too, with a [`Notice`] saying why: one deterministic
 //! outcome, and nothing invalid ever reaches the HTTP request.
 //!
-//! [`Event::encode`] lays the event out as the CloudEvents HTTP binding 1.0.2 asks. Structured
+//! [`Event::encode`] lays the event out as the CloudEvents HTTP binding 1.0.2 asks; [`batch`]
+//! puts several structured-mode events (each [`Event::batch_entry`], the very document
+//! structured mode would send) into one batched-mode array. Structured
 //! mode writes the JSON envelope here rather than through a JSON model: JSON data is embedded as
 //! its raw text (never parsed into floats and re-serialized), passed-through members are copied
 //! byte for byte. Binary mode percent-encodes every `ce-` header value
@@ -29,11 +31,11 @@ mod model;
 mod recognise;
 mod text;
 
-pub(crate) use model::{Event, Notice};
+pub(crate) use model::{batch, Event, Notice};
 pub use model::{HttpPayload, Origin};
 #[cfg(test)]
 use text::percent_encode_header;
-pub use text::{is_json, JSON, STRUCTURED};
+pub use text::{is_json, BATCHED, JSON, STRUCTURED};
 
 use crate::config::{ContentMode, EventConfig};
 use crate::queue::ReceivedMessage;

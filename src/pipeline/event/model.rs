@@ -1,7 +1,7 @@
 //! The CloudEvent as the sidecar holds it — attributes with their exact JSON text, data in the
 //! form it came in — and its layout in either content mode of the HTTP binding 1.0.2.
 
-use super::text::{json_string, percent_encoded, trim_json_space, JSON, STRUCTURED};
+use super::text::{json_string, percent_encoded, trim_json_space, BATCHED, JSON, STRUCTURED};
 use crate::config::ContentMode;
 use base64::Engine;
 use serde_json::value::RawValue;
@@ -47,6 +47,31 @@ impl HttpPayload {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// One batched-mode request: the `entries` (each a structured-mode event, see
+/// [`Event::batch_entry`]) as one JSON array, in order.
+pub(crate) fn batch(entries: &[impl AsRef<[u8]>]) -> HttpPayload {
+    let mut body = Vec::with_capacity(batch_len(entries.iter().map(|e| e.as_ref().len())));
+    body.push(b'[');
+    for (n, entry) in entries.iter().enumerate() {
+        if n > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(entry.as_ref());
+    }
+    body.push(b']');
+    HttpPayload {
+        headers: vec![("content-type".into(), BATCHED.into())],
+        body,
+    }
+}
+
+/// The body length of a batch of entries of these lengths: the brackets and a comma between
+/// entries.
+fn batch_len(entry_lens: impl Iterator<Item = usize>) -> usize {
+    let (count, bytes) = entry_lens.fold((0usize, 0usize), |(n, sum), len| (n + 1, sum + len));
+    2 + bytes + count.saturating_sub(1)
 }
 
 /// One context attribute or extension.
@@ -182,7 +207,13 @@ impl Event {
         match mode {
             ContentMode::Structured => self.structured(),
             ContentMode::Binary => self.binary(),
+            ContentMode::Batched => batch(&[self.batch_entry()]),
         }
+    }
+
+    /// This event as an entry of a batch: exactly the document structured mode sends.
+    pub(crate) fn batch_entry(self) -> Vec<u8> {
+        self.structured().body
     }
 
     /// One `application/cloudevents+json` document: every attribute's JSON text, then the data.

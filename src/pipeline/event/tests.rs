@@ -3,7 +3,7 @@
 use super::recognise::Members;
 use super::text::{json_string, MAX_JSON_DEPTH};
 use super::*;
-use crate::config::EventGridSchema;
+use crate::config::{BatchConfig, EventGridSchema};
 use base64::Engine;
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
@@ -15,6 +15,10 @@ fn config(mode: ContentMode) -> EventConfig {
         ce_type: "com.microsoft.azure.queuestorage".into(),
         source: Some("http://127.0.0.1:10001/devstoreaccount1/orders".into()),
         mode,
+        batch: BatchConfig {
+            max_events: 32,
+            max_bytes: 1 << 20,
+        },
         overrides: BTreeMap::from([("team".to_string(), "payments".to_string())]),
         decode_base64: false,
         passthrough: true,

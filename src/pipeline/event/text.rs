@@ -14,6 +14,8 @@ pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
 pub(crate) const OCTET_STREAM: &str = "application/octet-stream";
 /// The structured-mode content type.
 pub const STRUCTURED: &str = "application/cloudevents+json";
+/// The batched-mode content type: a JSON array of structured-mode events.
+pub const BATCHED: &str = "application/cloudevents-batch+json";
 
 /// The deepest nesting of arrays and objects a message may have to count as JSON. Deeper text
 /// is delivered as text: a structured-mode envelope around it would exceed what common JSON

@@ -96,3 +96,19 @@ impl InternalEvent for DrainFinished {
         metrics().set_shutdown_phase(ShutdownPhase::Drained);
     }
 }
+
+/// `EXIT_WHEN_IDLE`: no message was received for `idle_for` and nothing is in flight; the
+/// sidecar drains as on SIGTERM and exits 0.
+pub(crate) struct IdleExit {
+    pub idle_for: Duration,
+}
+
+impl InternalEvent for IdleExit {
+    fn emit(self) {
+        info!(
+            idle_ms = millis(self.idle_for),
+            "no message received for EXIT_WHEN_IDLE and nothing in flight: the run is complete, stopping"
+        );
+        metrics().idle_exits.inc();
+    }
+}

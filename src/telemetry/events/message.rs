@@ -306,3 +306,47 @@ impl InternalEvent for MessageReleased<'_> {
         metrics().released.inc();
     }
 }
+
+/// One batched-mode POST finished (`CE_MODE=batched`). Its messages' deliveries are counted
+/// one by one as [`DeliveryAttempted`]; this is the request itself.
+pub(crate) struct BatchSent<'a> {
+    /// Events in the batch.
+    pub events: usize,
+    /// Body bytes.
+    pub bytes: usize,
+    /// `delivered`, `retryable` or `permanent`.
+    pub outcome: &'static str,
+    /// The status code, or what happened instead (`timeout`, `connection`, ...).
+    pub status: &'a str,
+    pub latency: Duration,
+    /// A permanent failure of several events: the batch is split in halves that are sent
+    /// again, to find the events the endpoint rejects.
+    pub split: bool,
+}
+
+impl InternalEvent for BatchSent<'_> {
+    fn emit(self) {
+        let m = metrics();
+        m.batch_size.observe(self.events as f64);
+        if self.split {
+            m.batch_bisections.inc();
+            warn!(
+                events = self.events,
+                bytes = self.bytes,
+                outcome = self.outcome,
+                status = self.status,
+                latency_ms = millis(self.latency),
+                "batch rejected: sending its halves again to find the rejected events"
+            );
+        } else {
+            debug!(
+                events = self.events,
+                bytes = self.bytes,
+                outcome = self.outcome,
+                status = self.status,
+                latency_ms = millis(self.latency),
+                "batch sent"
+            );
+        }
+    }
+}

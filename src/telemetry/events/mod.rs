@@ -36,15 +36,16 @@ pub(crate) use endpoint_auth::{EndpointTokenChanged, EndpointTokenFailed};
 pub(crate) use identity::{TokenAcquired, TokenEndpointAttemptFailed, TokenRequestFailed};
 pub(crate) use internal::InternalEvent;
 pub(crate) use lifecycle::{
-    DrainFinished, EndpointDown, EndpointUp, PumpHeartbeat, ShutdownStarted, StopNowRequested,
+    DrainFinished, EndpointDown, EndpointUp, IdleExit, PumpHeartbeat, ShutdownStarted,
+    StopNowRequested,
 };
 pub(crate) use message::{
-    Base64EventNoticed, DeliveryAttempted, InFlightChanged, InvalidEventWrapped, LeaseLost,
-    LeaseRenewed, MessageDeleted, MessageReleased, MessageUnmappable, RedeliveryAvoided,
+    Base64EventNoticed, BatchSent, DeliveryAttempted, InFlightChanged, InvalidEventWrapped,
+    LeaseLost, LeaseRenewed, MessageDeleted, MessageReleased, MessageUnmappable, RedeliveryAvoided,
     RetryScheduled,
 };
 pub(crate) use poison::{Degraded, MessagePoisoned, PoisonBlocked, PoisonedNotDeleted};
 pub(crate) use queue::{
-    QueueCallCompleted, QueueCallFailed, QueueCallRetried, QueueFailure, QueueLengthFailed,
-    QueueLengthObserved, ReceiveFailed, ReceiveSucceeded,
+    OldestMessageAgeObserved, QueueCallCompleted, QueueCallFailed, QueueCallRetried, QueueFailure,
+    QueueLengthFailed, QueueLengthObserved, ReceiveFailed, ReceiveSucceeded,
 };

@@ -171,9 +171,10 @@ impl InternalEvent for QueueCallCompleted {
     }
 }
 
-/// Which queue-length failures were reported: the first of each kind and status that
-/// happens while the receive path works.
-static QUEUE_LENGTH: Tracker<(), (&str, Option<u16>)> = Tracker::new();
+/// Which queue-length failures were reported, per call (`properties` for the count, `peek`
+/// for the oldest message's age): the first of each kind and status that happens while the
+/// receive path works.
+static QUEUE_LENGTH: Tracker<&'static str, (&str, Option<u16>)> = Tracker::new();
 
 /// The queue's approximate message count was read. After a reported failure, this is also
 /// the line saying it works again.
@@ -187,16 +188,37 @@ impl InternalEvent for QueueLengthObserved {
         metrics()
             .queue_messages
             .set(i64::try_from(self.count).unwrap_or(i64::MAX));
-        if QUEUE_LENGTH.recovered(&()).is_some() {
+        if QUEUE_LENGTH.recovered(&"properties").is_some() {
             info!("queue length available again");
         }
     }
 }
 
-/// Reading the queue length failed; the gauge keeps its last value. Reported (once per kind
-/// and status) only while the receive path works: then the failure is specific to the
-/// properties call, typically a missing permission. Failures the receive loop also meets are
-/// already reported by it and stay at debug level.
+/// The age of the message at the front of the queue (Peek Messages) was read; 0 when no
+/// message is visible. After a reported failure, this is also the line saying it works again.
+pub(crate) struct OldestMessageAgeObserved {
+    /// `None`: no visible message.
+    pub age: Option<Duration>,
+}
+
+impl InternalEvent for OldestMessageAgeObserved {
+    fn emit(self) {
+        let seconds = self.age.map_or(0, |age| age.as_secs());
+        debug!(oldest_message_age_s = seconds, "oldest message age");
+        metrics()
+            .oldest_message_age_seconds
+            .set(i64::try_from(seconds).unwrap_or(i64::MAX));
+        if QUEUE_LENGTH.recovered(&"peek").is_some() {
+            info!("oldest message age available again");
+        }
+    }
+}
+
+/// Reading the queue length (or, with `operation` `peek`, the oldest message's age) failed;
+/// the gauge keeps its last value. Reported (once per call, kind and status) only while the
+/// receive path works: then the failure is specific to this call, typically a missing
+/// permission. Failures the receive loop also meets are already reported by it and stay at
+/// debug level.
 pub(crate) struct QueueLengthFailed<'a> {
     pub failure: QueueFailure<'a>,
 }
@@ -206,32 +228,39 @@ impl InternalEvent for QueueLengthFailed<'_> {
         let failure = self.failure;
         failure.count();
         let state = (failure.kind, failure.status);
-        if queue_length_news(&QUEUE_LENGTH, state, health().queue_ready()) {
+        if queue_length_news(
+            &QUEUE_LENGTH,
+            failure.operation,
+            state,
+            health().queue_ready(),
+        ) {
             warn!(
                 operation = failure.operation,
                 status = failure.status,
                 code = failure.code,
                 error = %failure.error,
-                hint = "reading the queue length needs the SAS 'r' permission or a role that can read queue metadata; QUEUE_LENGTH_INTERVAL=0 turns the poll off",
-                "queue length unavailable; deliveries are not affected"
+                hint = "reading the queue length and peeking at the oldest message need the SAS 'r' permission or a role that can read queue metadata and peek (Storage Queue Data Reader); QUEUE_LENGTH_INTERVAL=0 turns the poll off",
+                "queue length or oldest message age unavailable; deliveries are not affected"
             );
         } else {
-            debug!(error = %failure.error, "queue length unavailable");
+            debug!(operation = failure.operation, error = %failure.error, "queue length unavailable");
         }
     }
 }
 
-/// Whether a queue-length failure is worth a line: the first of its kind and status while the
-/// receive path works (`receive_path_ok`); failures it meets too are the loop's to report.
+/// Whether a queue-length failure of `call` is worth a line: the first of its kind and status
+/// while the receive path works (`receive_path_ok`); failures it meets too are the loop's to
+/// report.
 fn queue_length_news(
-    tracker: &Tracker<(), (&'static str, Option<u16>)>,
+    tracker: &Tracker<&'static str, (&'static str, Option<u16>)>,
+    call: &'static str,
     state: (&'static str, Option<u16>),
     receive_path_ok: bool,
 ) -> bool {
     if receive_path_ok {
-        tracker.failed((), state)
+        tracker.failed(call, state)
     } else {
-        tracker.failed_unreported((), state);
+        tracker.failed_unreported(call, state);
         false
     }
 }
@@ -244,9 +273,9 @@ mod tests {
     fn only_failures_of_this_call_alone_are_reported_once() {
         let reports = Tracker::new();
         let failed = |kind, status, receive_path_ok| {
-            queue_length_news(&reports, (kind, status), receive_path_ok)
+            queue_length_news(&reports, "properties", (kind, status), receive_path_ok)
         };
-        let succeeded = || reports.recovered(&()).is_some();
+        let succeeded = || reports.recovered(&"properties").is_some();
         // The receive path fails too: the loop reports that outage, not us.
         assert!(!failed("unreachable", None, false));
         assert!(!succeeded());
@@ -257,5 +286,9 @@ mod tests {
         assert!(failed("other", Some(400), true));
         assert!(succeeded(), "the recovery is worth a line");
         assert!(!succeeded());
+        // The peek is followed on its own: its failure is not the count's recovery.
+        assert!(queue_length_news(&reports, "peek", refused, true));
+        assert!(!succeeded());
+        assert!(reports.recovered(&"peek").is_some());
     }
 }
