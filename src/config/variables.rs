@@ -353,9 +353,9 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "TRACE_CONTEXT",
         default: Default::Value("on"),
-        help: "on: every POST carries W3C traceparent (trace id = message id, or the passed-through event's trace); off: none",
+        help: "on: every single-event POST carries W3C traceparent (trace id = message id, or the passed-through event's trace); off: none",
         section: Section::Endpoint,
-        readme: "`on`: every POST carries W3C `traceparent` (trace id = the message id, or the trace of a passed-through event's `traceparent`, with its `tracestate`); `off`: none (see *Trace context*).",
+        readme: "`on`: every single-event POST carries W3C `traceparent` (trace id = the message id, or the trace of a passed-through event's `traceparent`, with its `tracestate`); `off`: none (see *Trace context*).",
         ..ROW
     },
     Variable {
