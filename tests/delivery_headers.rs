@@ -497,6 +497,113 @@ mod trace_context {
         );
     }
 
+    /// Batched mode: one POST carries many messages, so each event carries its own trace
+    /// context as the CloudEvents distributed-tracing extension, and the POST itself none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_batched_mode_each_event_carries_its_own_trace_context() {
+        let azurite = Azurite::start().await;
+        let queue = azurite.create_queue("traced-batches").await;
+        let endpoint = Endpoint::ok().await;
+        let producer = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let event = |id: &str, traceparent: &str| {
+            serde_json::json!({
+                "specversion": "1.0", "id": id, "source": "/orders", "type": "order.created",
+                "traceparent": traceparent, "tracestate": "congo=t61rcWkgMzE",
+                "data": {"n": 1}
+            })
+            .to_string()
+        };
+        let mut plain_ids = Vec::new();
+        for text in ["first", "second"] {
+            plain_ids.push(queue.send(text, None, None).await.expect("send"));
+        }
+        queue
+            .send(&event("valid", producer), None, None)
+            .await
+            .expect("send");
+        let malformed_id = queue
+            .send(&event("malformed", "00-4BF92F35-not-valid"), None, None)
+            .await
+            .expect("send");
+        let sidecar = Sidecar::spawn(&with(
+            Sidecar::env(&azurite, "traced-batches", &endpoint.url),
+            &[("CE_MODE", "batched")],
+        ));
+        let entries = |endpoint: &Endpoint| -> Vec<serde_json::Value> {
+            endpoint
+                .received()
+                .iter()
+                .flat_map(|r| {
+                    assert_eq!(
+                        r.header("traceparent"),
+                        None,
+                        "a batch POST carries no one trace"
+                    );
+                    let array: Vec<serde_json::Value> =
+                        serde_json::from_str(&r.body_text()).expect("a JSON array");
+                    array
+                })
+                .collect()
+        };
+        assert!(wait_until(WAIT, || entries(&endpoint).len() >= 4).await);
+        let entries = entries(&endpoint);
+        let by_id = |id: &str| {
+            entries
+                .iter()
+                .find(|e| e["id"] == id)
+                .unwrap_or_else(|| panic!("no entry {id}: {entries:?}"))
+                .clone()
+        };
+        let mut span_ids = BTreeSet::new();
+        for id in &plain_ids {
+            let entry = by_id(id);
+            let (trace, span, flags) = parse(entry["traceparent"].as_str().expect("traceparent"));
+            assert_eq!(trace, trace_id_of_uuid(id), "trace id = message id");
+            assert_eq!(flags, "01");
+            assert!(entry.get("tracestate").is_none(), "{entry}");
+            span_ids.insert(span);
+        }
+        assert_eq!(span_ids.len(), 2, "a span per message");
+
+        let valid = by_id("valid");
+        assert_eq!(valid["traceparent"], producer, "the producer's, unchanged");
+        assert_eq!(valid["tracestate"], "congo=t61rcWkgMzE");
+
+        let malformed = by_id("malformed");
+        let (trace, _, _) = parse(malformed["traceparent"].as_str().expect("traceparent"));
+        assert_eq!(
+            trace,
+            trace_id_of_uuid(&malformed_id),
+            "a new trace from the message id"
+        );
+        assert!(
+            malformed.get("tracestate").is_none(),
+            "not continued: {malformed}"
+        );
+
+        // The delivery log lines name the span each entry carried.
+        assert!(
+            wait_until(WAIT, || sidecar
+                .json_lines()
+                .iter()
+                .filter(|l| l["message"] == "delivered")
+                .count()
+                >= 4)
+            .await
+        );
+        let logged: BTreeSet<String> = sidecar
+            .json_lines()
+            .iter()
+            .filter(|l| l["message"] == "delivered")
+            .filter_map(|l| l["span_id"].as_str().map(str::to_string))
+            .collect();
+        assert!(span_ids.is_subset(&logged), "{span_ids:?} in {logged:?}");
+        assert!(
+            logged.contains("00f067aa0ba902b7"),
+            "the producer's span: {logged:?}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn trace_context_off_sends_none() {
         let azurite = Azurite::start().await;

@@ -262,6 +262,8 @@ pub(crate) enum Work {
     Post {
         members: Vec<Member>,
         entries: Vec<Vec<u8>>,
+        /// Each member's span (the trace context its entry carries), when trace context is on.
+        spans: Vec<Option<Span>>,
     },
     Alone(Member, Settlement),
 }
@@ -377,33 +379,45 @@ impl Handler {
         leased_until: Instant,
     ) -> Vec<Work> {
         let mut work = Vec::new();
-        let (mut members, mut entries) = (Vec::new(), Vec::new());
+        let (mut members, mut entries, mut spans) = (Vec::new(), Vec::new(), Vec::new());
         for message in messages {
             match self.prepare(message, leased_until) {
                 (member, Next::Deliver(event)) => {
-                    entries.push(self.batch_entry(&member.message, event));
+                    let (entry, span) = self.batch_entry(&member.message, event);
+                    entries.push(entry);
+                    spans.push(span);
                     members.push(member);
                 }
                 (member, Next::Settle(settlement)) => work.push(Work::Alone(member, settlement)),
             }
         }
         let lens: Vec<usize> = entries.iter().map(Vec::len).collect();
-        let (mut members, mut entries) = (members.into_iter(), entries.into_iter());
+        let (mut members, mut entries, mut spans) =
+            (members.into_iter(), entries.into_iter(), spans.into_iter());
         for range in batch::group(&lens, self.batch.max_events, self.batch.max_bytes) {
             work.push(Work::Post {
                 members: members.by_ref().take(range.len()).collect(),
                 entries: entries.by_ref().take(range.len()).collect(),
+                spans: spans.by_ref().take(range.len()).collect(),
             });
         }
         work
     }
 
-    /// One message's entry in a batch: the structured-mode document of its event. This is the
-    /// place for what belongs to each event rather than to the request, such as its trace
-    /// context (the CloudEvents distributed-tracing extension): a batch POST carries many
-    /// messages, so request headers cannot carry any one message's.
-    fn batch_entry(&self, _message: &ReceivedMessage, event: Event) -> Vec<u8> {
-        event.batch_entry()
+    /// One message's entry in a batch: the structured-mode document of its event, carrying its
+    /// trace context as the CloudEvents distributed-tracing extension (a batch POST carries
+    /// many messages, so request headers cannot carry any one message's), and that span.
+    fn batch_entry(&self, message: &ReceivedMessage, mut event: Event) -> (Vec<u8>, Option<Span>) {
+        let (traceparent, tracestate) = event.trace_extension();
+        let Some(trace) = self.deliverer.trace(&message.id, traceparent, tracestate) else {
+            return (event.batch_entry(), None);
+        };
+        let entry = trace.entry_span(traceparent);
+        if entry.set_extension {
+            let state = entry.span.tracestate().map(str::to_string);
+            event.set_trace_extension(entry.span.traceparent(), state.as_deref());
+        }
+        (event.batch_entry(), Some(entry.span))
     }
 
     /// Carries out one piece of batched work (see [`Handler::batch_up`]): the POSTs of a
@@ -411,33 +425,39 @@ impl Handler {
     /// each message's own decision, as for a single message. `hard_stop` cuts the POSTs off:
     /// messages without an outcome yet are released, the others carried out.
     pub(crate) async fn handle_work(&self, work: Work, hard_stop: Shutdown) -> Vec<Disposition> {
-        let (members, entries) = match work {
+        let (members, entries, spans) = match work {
             Work::Alone(member, settlement) => {
                 return vec![
                     self.settle(settlement, &member.message, &member.lease)
                         .await,
                 ]
             }
-            Work::Post { members, entries } => (members, entries),
+            Work::Post {
+                members,
+                entries,
+                spans,
+            } => (members, entries, spans),
         };
         let outcomes = self.post_batch(&members, &entries, hard_stop).await;
         drop(entries);
-        join_all(
-            members
-                .iter()
-                .zip(outcomes)
-                .map(|(member, outcome)| async move {
-                    match outcome {
-                        // A batch POST carries no one message's trace context (see
-                        // `batch_entry`), so its log lines name none.
-                        Some((outcome, latency)) => {
-                            self.conclude(&member.message, &member.lease, &outcome, latency, None)
-                                .await
-                        }
-                        None => self.release(&member.message, &member.lease).await,
+        join_all(members.iter().zip(outcomes).zip(spans).map(
+            |((member, outcome), span)| async move {
+                match outcome {
+                    // The log lines name the span the message's entry carried.
+                    Some((outcome, latency)) => {
+                        self.conclude(
+                            &member.message,
+                            &member.lease,
+                            &outcome,
+                            latency,
+                            span.as_ref(),
+                        )
+                        .await
                     }
-                }),
-        )
+                    None => self.release(&member.message, &member.lease).await,
+                }
+            },
+        ))
         .await
     }
 

@@ -84,6 +84,52 @@ impl Span {
     }
 }
 
+/// The trace context of one event in a batch, which a batch POST's headers cannot carry (they
+/// are one request's, and a batch has many messages): the CloudEvents distributed-tracing
+/// extension in the event itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EntrySpan {
+    /// The span the event's extension names, for the delivery's log lines.
+    pub(crate) span: Span,
+    /// Whether the sidecar sets the extension: `false` when the event (a passed-through
+    /// CloudEvent) already carries a valid `traceparent`, which is forwarded as the producer
+    /// wrote it, like every other attribute of such an event.
+    pub(crate) set_extension: bool,
+}
+
+impl Trace {
+    /// The span a batch entry carries: the producer's own, if the event has a valid
+    /// `traceparent`; otherwise a new span of this trace (a new one for every receive; the
+    /// POSTs of a bisection resend the same entry).
+    pub(crate) fn entry_span(&self, traceparent: Option<&str>) -> EntrySpan {
+        match traceparent.and_then(producer_span) {
+            Some(mut span) => {
+                span.tracestate = self.tracestate.clone();
+                EntrySpan {
+                    span,
+                    set_extension: false,
+                }
+            }
+            None => EntrySpan {
+                span: self.new_span(),
+                set_extension: true,
+            },
+        }
+    }
+}
+
+/// The span a valid `traceparent` names (its parent-id is the producer's span).
+fn producer_span(value: &str) -> Option<Span> {
+    let (trace_id, flags) = parse_traceparent(value)?;
+    let span_id = value.trim().get(36..52)?.to_string();
+    Some(Span {
+        trace_id,
+        span_id,
+        flags,
+        tracestate: None,
+    })
+}
+
 /// The trace id of a message: its UUID's hex digits, or a hash of any other id.
 pub(crate) fn trace_id_of(message_id: &str) -> String {
     let hex: String = message_id.chars().filter(|c| *c != '-').collect();
@@ -163,6 +209,27 @@ fn is_header_text(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_entry_gets_a_new_span_unless_it_carries_a_valid_traceparent() {
+        let id = "0b2f3c4d-5e6f-4a1b-8c9d-0e1f2a3b4c5d";
+        let own = Trace::for_message(id, None, None).entry_span(None);
+        assert!(own.set_extension);
+        assert_eq!(own.span.trace_id, "0b2f3c4d5e6f4a1b8c9d0e1f2a3b4c5d");
+        assert_eq!(own.span.traceparent().len(), 55);
+
+        let producer = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let trace = Trace::for_message(id, Some(producer), Some("congo=t61rcWkgMzE"));
+        let kept = trace.entry_span(Some(producer));
+        assert!(!kept.set_extension);
+        assert_eq!(kept.span.traceparent(), producer);
+        assert_eq!(kept.span.tracestate(), Some("congo=t61rcWkgMzE"));
+
+        let malformed =
+            Trace::for_message(id, Some("00-zz-zz-01"), None).entry_span(Some("00-zz-zz-01"));
+        assert!(malformed.set_extension);
+        assert_eq!(malformed.span.trace_id, "0b2f3c4d5e6f4a1b8c9d0e1f2a3b4c5d");
+    }
 
     #[test]
     fn the_trace_id_is_the_message_ids_uuid() {

@@ -211,6 +211,19 @@ impl Event {
         }
     }
 
+    /// Sets the distributed-tracing extension (`traceparent`, and `tracestate` when there is
+    /// one; an invalid `tracestate` the producer wrote goes, as it belongs to no trace now).
+    pub(crate) fn set_trace_extension(&mut self, traceparent: String, tracestate: Option<&str>) {
+        self.set(Attribute {
+            name: Cow::Borrowed("traceparent"),
+            value: AttributeValue::String(traceparent),
+        });
+        match tracestate {
+            Some(state) => self.set(Attribute::string("tracestate", state)),
+            None => self.attributes.retain(|a| a.name != "tracestate"),
+        }
+    }
+
     /// This event as an entry of a batch: exactly the document structured mode sends.
     pub(crate) fn batch_entry(self) -> Vec<u8> {
         self.structured().body
