@@ -20,10 +20,12 @@
 //!    each message to [`pipeline::handler`] (one message's life: event, POST with lease
 //!    renewal, then delete, retry or poison), which asks [`pipeline::policy`] (pure rules)
 //!    what to do. [`pipeline::endpoint`] is the endpoint (one POST and what its answer means,
-//!    the probe, the gate that pauses receiving); [`pipeline::event`] turns a message into a
-//!    CloudEvent and HTTP request parts; [`pipeline::poison`] is the poison queue;
+//!    the probe, the gate that pauses receiving, and the one place every request to the
+//!    endpoint gets its bearer token and trace headers); [`pipeline::event`] turns a message
+//!    into a CloudEvent and HTTP request parts; [`pipeline::poison`] is the poison queue;
 //!    [`pipeline::batch`] holds batched mode's rules (which messages share a POST, the
-//!    bisection of a rejected batch).
+//!    bisection of a rejected batch); [`pipeline::trace`] is W3C trace context (a trace per
+//!    message, a span per attempt).
 //! 3. [`admin`] serves `/healthz`, `/readyz` and `/metrics` from telemetry's state;
 //!    [`queue_length`] polls the approximate message count and the oldest message's age for
 //!    the backlog gauges.
@@ -32,7 +34,9 @@
 //!    retries are off).
 //! 5. [`auth`]: how queue requests are authorized — [`auth::select`] chooses the credential
 //!    from the configuration; Shared Key and SAS are `azure_core` per-try policies,
-//!    [`auth::entra`] gets Microsoft Entra ID tokens from a workload or managed identity.
+//!    [`auth::entra`] gets Microsoft Entra ID tokens from a workload or managed identity;
+//!    [`auth::endpoint`] is the endpoint's bearer token (a token file re-read as it rotates,
+//!    or an Entra ID token for `ENDPOINT_AUDIENCE` from the queue's credential).
 //! 6. [`transport`]: every HTTP client (queue, receive pool, token endpoints, endpoint), its
 //!    TLS roots and user agent, from one factory.
 //! 7. [`telemetry`]: typed events, each writing its log line and bumping its metric together;

@@ -221,6 +221,31 @@ def check_network_policy(docs, deployment, sidecar):
     check(listed <= all_ports, f"every port the NetworkPolicy lists is a container port ({sorted(listed)})")
 
 
+def check_endpoint_token(pod, sidecar, settings):
+    """ENDPOINT_TOKEN_FILE is a projected service account token for an audience of its own,
+    mounted read-only into the sidecar, valid long enough for the kubelet to rotate it."""
+    path = settings.get("ENDPOINT_TOKEN_FILE") or ""
+    check(path.startswith("/"), "ENDPOINT_TOKEN_FILE is an absolute path")
+    check(not settings.get("ENDPOINT_AUDIENCE"), "one endpoint token source, not ENDPOINT_AUDIENCE too")
+    directory, _, name = path.rpartition("/")
+    mounts = [m for m in sidecar.get("volumeMounts", []) if m.get("mountPath") == directory]
+    check(len(mounts) == 1, f"the sidecar mounts a volume at {directory}")
+    if not mounts:
+        return
+    check(mounts[0].get("readOnly") is True, "the endpoint token is mounted read-only")
+    check("subPath" not in mounts[0], "no subPath: a subPath mount never sees a rotated token")
+    volumes = [v for v in pod.get("volumes", []) if v.get("name") == mounts[0]["name"]]
+    check(len(volumes) == 1, f"volume {mounts[0]['name']} exists")
+    sources = volumes[0].get("projected", {}).get("sources", []) if volumes else []
+    tokens = [s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s]
+    check(len(tokens) == 1 and tokens[0].get("path") == name, f"a projected serviceAccountToken at {name}")
+    if tokens:
+        audience = tokens[0].get("audience", "")
+        check(bool(audience) and audience != "api://AzureADTokenExchange",
+              "the endpoint token has the app's audience, not workload identity's")
+        check(tokens[0].get("expirationSeconds", 3600) >= 600, "expirationSeconds >= 600 (the API's minimum)")
+
+
 def check_keda_trigger(spec, settings, docs):
     """The azure-queue trigger of a ScaledObject or ScaledJob reads the sidecar's queue as the
     KEDA operator's workload identity."""
@@ -301,6 +326,9 @@ def check_overlay(overlay, docs):
         )
         check(settings.get("AZURE_STORAGE_ACCOUNT"), "AZURE_STORAGE_ACCOUNT is set")
         check(settings.get("AZURE_STORAGE_AUTH") == "workload-identity", "AZURE_STORAGE_AUTH=workload-identity")
+
+    if overlay == "workload-identity":
+        check_endpoint_token(pod, sidecar, settings)
 
     if overlay == "keda":
         scaled = one(docs, "ScaledObject")

@@ -527,7 +527,16 @@ async fn check_with_a_process_only_sas_warns_instead_of_failing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_appears_in_logs_help_check_probes_or_metrics() {
     let azurite = Azurite::start().await;
-    let endpoint = Endpoint::ok().await;
+    // The bearer token is refused once (401), so the re-read path is logged too.
+    let refused = std::sync::atomic::AtomicBool::new(false);
+    let endpoint = Endpoint::start(move |received, _| {
+        let token_path = received.path == "/token";
+        match token_path && !refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            true => Reply::status(401),
+            false => Reply::status(200),
+        }
+    })
+    .await;
     // An endpoint URL with basic-auth credentials and an Azure Functions style key.
     let endpoint_url = format!(
         "http://user:HUNTER2PASSWORD@127.0.0.1:{}/events?code=FUNCTIONKEY123",
@@ -544,12 +553,19 @@ async fn no_secret_appears_in_logs_help_check_probes_or_metrics() {
             .next()
             .map(|(_, v)| v.into_owned())
             .expect("decoded signature");
+    // The endpoint's bearer token, from a file (JWT-shaped, as Kubernetes and Knative
+    // tokens are, and a plain one that no JWT pattern would catch).
+    let token_dir = temp_dir("secret-scan-token");
+    let token_file = token_dir.join("token");
+    let endpoint_token = "ENDPOINTBEARER0123456789abcdef".to_string();
+    std::fs::write(&token_file, format!("{endpoint_token}\n")).expect("token file");
     let secrets = [
         KEY.to_string(),
         signature.clone(),
         signature_encoded.clone(),
         "HUNTER2PASSWORD".into(),
         "FUNCTIONKEY123".into(),
+        endpoint_token.clone(),
     ];
 
     let by_key = Sidecar::env(&azurite, "by-key", &endpoint_url);
@@ -565,12 +581,24 @@ async fn no_secret_appears_in_logs_help_check_probes_or_metrics() {
     );
     // A sidecar whose SAS does not cover its queue, so error paths are logged too.
     let by_sas_missing = with(by_sas.clone(), &[("QUEUE_NAME", "missing")]);
-    for name in ["by-key", "by-sas"] {
+    // A sidecar with an endpoint token, whose endpoint refuses it once (a 401 is logged).
+    let by_token = with(
+        Sidecar::env(
+            &azurite,
+            "by-token",
+            &format!("{}/token", endpoint.base_url()),
+        ),
+        &[
+            ("ENDPOINT_TOKEN_FILE", token_file.to_str().expect("utf-8")),
+            ("RETRY_BASE_DELAY", "100ms"),
+        ],
+    );
+    for name in ["by-key", "by-sas", "by-token"] {
         let queue = azurite.create_queue(name).await;
         queue.send(name, None, None).await.expect("send");
     }
 
-    let sidecars: Vec<(Sidecar, String)> = [&by_key, &by_sas, &by_sas_missing]
+    let sidecars: Vec<(Sidecar, String)> = [&by_key, &by_sas, &by_sas_missing, &by_token]
         .into_iter()
         .map(|env| {
             let sidecar = Sidecar::spawn(env);
@@ -578,10 +606,16 @@ async fn no_secret_appears_in_logs_help_check_probes_or_metrics() {
             (sidecar, addr)
         })
         .collect();
-    let received = endpoint.wait_for(2, WAIT).await;
+    let received = endpoint.wait_for(3, WAIT).await;
     assert!(
         received.iter().all(|r| r.header("authorization").is_some()),
-        "the endpoint's basic auth is used, just not shown"
+        "the endpoint's basic auth and bearer token are used, just not shown"
+    );
+    assert!(
+        received
+            .iter()
+            .any(|r| r.header("authorization") == Some(&format!("Bearer {endpoint_token}"))),
+        "the bearer token reached the endpoint"
     );
 
     let mut outputs = Vec::new();
@@ -609,7 +643,7 @@ async fn no_secret_appears_in_logs_help_check_probes_or_metrics() {
     for (sidecar, _) in &sidecars {
         outputs.push(("logs".into(), sidecar.output.text()));
     }
-    for env in [&by_key, &by_sas, &by_sas_missing] {
+    for env in [&by_key, &by_sas, &by_sas_missing, &by_token] {
         for args in [
             &["check"][..],
             &["--help"][..],

@@ -1,4 +1,4 @@
-//! Authorization of queue requests.
+//! Authorization of queue requests (and of the requests to the endpoint, [`endpoint`]).
 //!
 //! The official `azure_storage_queue` client only knows Microsoft Entra tokens. Account keys
 //! (connection strings, Azurite) and SAS tokens are added here as `azure_core` per-try pipeline
@@ -12,9 +12,12 @@
 //!   URL and the [`Credential`].
 //! - [`shared_key`]: the Shared Key signature (HMAC-SHA256 over the canonicalized request).
 //! - [`entra`]: Microsoft Entra ID tokens from a workload identity or a managed identity.
+//! - [`endpoint`]: the endpoint's bearer token (a token file re-read as it rotates, or an
+//!   Entra ID token for `ENDPOINT_AUDIENCE` from the queue's credential).
 //! - [`refusal`]: the service's own reason when it refuses a credential.
 
 pub(crate) mod credential;
+pub(crate) mod endpoint;
 pub(crate) mod entra;
 mod policy;
 pub(crate) mod refusal;

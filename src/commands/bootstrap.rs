@@ -6,8 +6,10 @@
 //! [`Settings::queues`] the queue clients on them; [`block_on`] runs the command's work on the
 //! sidecar's single-threaded runtime.
 
+use crate::auth::endpoint::{EndpointAuth, TokenUnavailable};
 use crate::auth::{self, Storage};
 use crate::config::{Config, ConfigError};
+use crate::pipeline::endpoint::Deliverer;
 use crate::queue::QueueConnector;
 use crate::transport::Clients;
 use std::future::Future;
@@ -32,12 +34,35 @@ impl Settings {
     /// Selects the storage credential for `config`.
     pub(crate) fn from_config(config: Config) -> Result<Self, ConfigError> {
         let storage = auth::select(&config.storage, &config.retry.poison_queue_name)?;
+        auth::endpoint::check(&config.endpoint.auth, &storage.credential)?;
         Ok(Self { config, storage })
     }
 
     /// Every HTTP client, without any network call.
     pub(crate) fn clients(&self) -> reqwest::Result<Clients> {
         Clients::new(&self.config.endpoint, self.storage.needs_tls())
+    }
+
+    /// The endpoint's token source, on `clients` (an `ENDPOINT_AUDIENCE` token comes from the
+    /// queue's credential, over the queue's client: one credential, one token cache).
+    pub(crate) fn endpoint_auth(
+        &self,
+        clients: &Clients,
+    ) -> Result<EndpointAuth, TokenUnavailable> {
+        EndpointAuth::new(
+            &self.config.endpoint.auth,
+            &self.storage.credential,
+            &clients.queue,
+        )
+    }
+
+    /// The endpoint client every request to the endpoint goes through (POSTs and the probe).
+    pub(crate) fn deliverer(&self, clients: &Clients) -> Result<Deliverer, TokenUnavailable> {
+        Ok(Deliverer::new(
+            clients.endpoint.clone(),
+            &self.config.endpoint,
+            self.endpoint_auth(clients)?,
+        ))
     }
 
     /// Queue clients authorized as configured, on `clients`. The pump, the queue-length poll

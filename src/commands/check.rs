@@ -96,10 +96,16 @@ pub(crate) async fn run_checks(settings: &Settings) -> Vec<Check> {
         Status::Ok,
         "configuration",
         format!(
-            "queue {}, auth {}, endpoint {}",
+            "queue {}, auth {}, endpoint {}, endpoint auth {}, trace context {}",
             redact::url(&settings.storage.queue_url),
             settings.storage.credential.kind(),
-            redact::url(&settings.config.endpoint.url)
+            redact::url(&settings.config.endpoint.url),
+            settings.config.endpoint.auth.kind(),
+            if settings.config.endpoint.trace_context {
+                "on"
+            } else {
+                "off"
+            }
         ),
     )];
     let clients = match settings.clients() {
@@ -122,7 +128,7 @@ pub(crate) async fn run_checks(settings: &Settings) -> Vec<Check> {
     );
     checks.extend(queue);
     checks.push(poison);
-    checks.push(endpoint);
+    checks.extend(endpoint);
     checks
 }
 
@@ -341,10 +347,42 @@ fn is_permission_error(error: &QueueError) -> bool {
             .is_some_and(|code| PERMISSION_CODES.contains(&code))
 }
 
-async fn check_endpoint(settings: &Settings, clients: &Clients) -> Check {
+/// The endpoint's token line: which source, and whether a token could be had (never the
+/// token). `None` without endpoint authentication.
+async fn check_endpoint_auth(deliverer: &Deliverer) -> Option<Check> {
+    const NAME: &str = "endpoint auth";
+    let auth = deliverer.auth();
+    if !auth.renewable() {
+        return None;
+    }
+    Some(match auth.header().await {
+        Ok(_) => Check::new(
+            Status::Ok,
+            NAME,
+            format!("{}: a token could be obtained", auth.kind()),
+        ),
+        Err(error) => Check::new(Status::Fail, NAME, format!("{}: {error}", auth.kind())),
+    })
+}
+
+async fn check_endpoint(settings: &Settings, clients: &Clients) -> Vec<Check> {
     let endpoint = &settings.config.endpoint;
     let url = redact::url(&endpoint.url);
-    let deliverer = Deliverer::new(clients.endpoint.clone(), endpoint);
+    let deliverer = match settings.deliverer(clients) {
+        Ok(deliverer) => deliverer,
+        Err(error) => {
+            return vec![
+                Check::new(Status::Fail, "endpoint auth", error.to_string()),
+                Check::new(Status::Skip, "endpoint", "no endpoint token"),
+            ]
+        }
+    };
+    let mut checks: Vec<Check> = check_endpoint_auth(&deliverer).await.into_iter().collect();
+    checks.push(probe_endpoint(&deliverer, &url).await);
+    checks
+}
+
+async fn probe_endpoint(deliverer: &Deliverer, url: &str) -> Check {
     match deliverer.probe().await {
         Ok(()) => Check::new(Status::Ok, "endpoint", format!("{url} accepts connections")),
         Err(failure) => {

@@ -11,6 +11,7 @@
 
 use super::bootstrap::{block_on, Settings, USAGE_ERROR};
 use crate::admin::{AdminServer, BindError};
+use crate::auth::endpoint::TokenUnavailable;
 use crate::config::format_duration;
 use crate::pipeline::{self, pump::stall_limit, pump::Summary};
 use crate::queue::QueueError;
@@ -31,6 +32,8 @@ pub(crate) enum StartError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Admin(#[from] BindError),
+    #[error("cannot set up the endpoint's token: {0}")]
+    EndpointToken(#[from] TokenUnavailable),
 }
 
 /// The sidecar: runs until a signal, then drains; the exit status.
@@ -104,7 +107,8 @@ pub(crate) async fn run(
     let config = &settings.config;
     let clients = settings.clients()?;
     let queues = settings.queues(&clients);
-    let pump = pipeline::build(config, &settings.storage, clients.endpoint.clone(), &queues)?;
+    let deliverer = settings.deliverer(&clients)?;
+    let pump = pipeline::build(config, &settings.storage, deliverer, &queues)?;
     health().set_stall_limit(stall_limit(config.poll.max_interval));
     // Bound before the pump starts: a port conflict is a start error, not a silent gap.
     let _admin = match config.ops.admin_addr {
@@ -155,6 +159,8 @@ fn log_start(settings: &Settings) {
         poll_min_interval = %format_duration(config.poll.min_interval),
         poll_max_interval = %format_duration(config.poll.max_interval),
         http_timeout = %format_duration(config.endpoint.timeout),
+        endpoint_auth = config.endpoint.auth.kind(),
+        trace_context = config.endpoint.trace_context,
         retry_base_delay = %format_duration(config.retry.base_delay),
         retry_max_delay = %format_duration(config.retry.max_delay),
         max_dequeue_count = config.retry.max_dequeue_count,

@@ -14,6 +14,8 @@
 //! - [`connection_string`]: parsing connection strings and account keys (pure parsing).
 //! - [`event`]: how messages become CloudEvents (`CE_*`, `K_CE_OVERRIDES`, ...).
 //! - [`tls`]: the CA variables, checked here so a wrong path fails at start.
+//! - [`endpoint_auth`]: the endpoint's bearer token source (a token file, an Entra ID
+//!   audience, Knative's sender identity) and `TRACE_CONTEXT`.
 //! - [`ops`]: the admin server, the queue-length poll, logging.
 //!
 //! The configuration is the bottom of the house: it names no other module of the crate but
@@ -22,6 +24,7 @@
 //! and never appear in errors or in the `Debug` output of this module's types.
 
 pub mod connection_string;
+pub(crate) mod endpoint_auth;
 pub(crate) mod event;
 pub(crate) mod ops;
 pub(crate) mod storage;
@@ -29,6 +32,9 @@ pub(crate) mod tls;
 mod values;
 pub(crate) mod variables;
 
+pub(crate) use endpoint_auth::EndpointAuthConfig;
+#[cfg(test)]
+pub(crate) use endpoint_auth::TokenOrigin;
 pub use event::{BatchConfig, ContentMode, EventConfig, EventGridSchema};
 pub(crate) use ops::{parse_admin_addr, LogConfig, OpsConfig};
 pub(crate) use storage::{AuthMode, IdentityVariables, StorageConfig};
@@ -64,6 +70,11 @@ pub(crate) struct EndpointConfig {
     pub timeout: Duration,
     /// Knative's `K_CA_CERTS`: PEM CA certificates trusted for the endpoint only, checked.
     pub ca_certs: Option<String>,
+    /// Where the endpoint's bearer token comes from (`ENDPOINT_TOKEN_FILE`,
+    /// `ENDPOINT_AUDIENCE`, Knative's sender identity), if anywhere.
+    pub auth: EndpointAuthConfig,
+    /// `TRACE_CONTEXT`: whether every POST carries W3C `traceparent`.
+    pub trace_context: bool,
 }
 
 /// What happens to a message whose delivery failed.
@@ -133,6 +144,20 @@ impl Config {
         let storage = storage::storage_config(&env, queue_name)?;
         let endpoint_url = endpoint_url(&env)?;
         let ca_certs = tls::check(&env)?;
+        let endpoint_auth = endpoint_auth::endpoint_auth(&env)?;
+        let url_has_credentials =
+            !endpoint_url.username().is_empty() || endpoint_url.password().is_some();
+        if url_has_credentials && endpoint_auth != EndpointAuthConfig::None {
+            // Two Authorization headers would reach the endpoint; say which to drop.
+            return Err(ConfigError::new(
+                "ENDPOINT_URL",
+                format!(
+                    "carries user:password credentials while the endpoint's bearer token comes from {}; expected one of them",
+                    endpoint_auth.kind()
+                ),
+            ));
+        }
+        let trace_context = endpoint_auth::trace_context(&env)?;
         let event = event::event_config(&env)?;
 
         let batch_size = env.parse_range("BATCH_SIZE", 1, MAX_BATCH_SIZE)?;
@@ -189,6 +214,8 @@ impl Config {
                 url: endpoint_url,
                 timeout: http_timeout,
                 ca_certs,
+                auth: endpoint_auth,
+                trace_context,
             },
             event,
             batch_size,

@@ -335,6 +335,30 @@ pub const VARIABLES: &[Variable] = &[
         ..ROW
     },
     Variable {
+        name: "ENDPOINT_TOKEN_FILE",
+        default: Default::Text("Knative's /oidc/token under K_SINK"),
+        help: "file holding a bearer token sent to the endpoint as Authorization: Bearer; re-read at most 10s after it changes and at once after a 401",
+        section: Section::Endpoint,
+        readme: "A file holding a bearer token, sent as `Authorization: Bearer <token>` on every POST and probe (whitespace trimmed). Re-read at most 10 s after it changes (rename or Kubernetes' `..data` swap) and at once after a 401. Unset with `K_SINK` set: Knative's sender identity token `/oidc/token`, if mounted (see *Endpoint authentication*).",
+        ..ROW
+    },
+    Variable {
+        name: "ENDPOINT_AUDIENCE",
+        default: Default::None,
+        help: "send a Microsoft Entra ID token for this audience (scope <audience>/.default) from the queue's workload or managed identity",
+        section: Section::Endpoint,
+        readme: "Send a Microsoft Entra ID token for this audience (scope `<audience>/.default`), from the queue's workload or managed identity, refreshed before it expires. Not with `ENDPOINT_TOKEN_FILE`.",
+        ..ROW
+    },
+    Variable {
+        name: "TRACE_CONTEXT",
+        default: Default::Value("on"),
+        help: "on: every single-event POST carries W3C traceparent (trace id = message id, or the passed-through event's trace); off: none",
+        section: Section::Endpoint,
+        readme: "`on`: every single-event POST carries W3C `traceparent` (trace id = the message id, or the trace of a passed-through event's `traceparent`, with its `tracestate`); `off`: none (see *Trace context*).",
+        ..ROW
+    },
+    Variable {
         name: "BATCH_SIZE",
         default: Default::Value("32"),
         help: "messages per receive, 1..32",

@@ -20,10 +20,20 @@
 //!   time reaches the poison queue after `MAX_DEQUEUE_COUNT` attempts.
 //! - [`Failure::Unsendable`]: the request could not even be built (e.g. a header value the
 //!   HTTP stack refuses). Retrying cannot help: undeliverable.
+//! - [`Failure::NoToken`]: the endpoint's bearer token could not be had; nothing was sent.
+//!
+//! Every request to the endpoint — a POST of one event ([`Deliverer::deliver`]), any other
+//! body the pipeline sends, the probe — gets its extra headers in one place,
+//! [`Deliverer::request`]: `Authorization: Bearer` from the [`EndpointAuth`] (a token file
+//! re-read as it rotates, or an Entra ID token), and W3C `traceparent`/`tracestate` from the
+//! attempt's [`Span`]. A 401 while the token can change is [`Failure::Unauthorized`]: the
+//! token is read again at once and the message retried, never poisoned for it.
 
+use crate::auth::endpoint::EndpointAuth;
 use crate::config::EndpointConfig;
 use crate::error_text;
 use crate::pipeline::event::HttpPayload;
+use crate::pipeline::trace::{Span, Trace};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -47,6 +57,11 @@ pub(crate) enum Failure {
     Dropped(String),
     /// The request could not be built from the event.
     Unsendable(String),
+    /// 401 while the endpoint's token can change: the token is read again and the message
+    /// retried, never poisoned for it (the token is at fault, not the message).
+    Unauthorized,
+    /// No bearer token could be had for the request, so none was sent.
+    NoToken(String),
 }
 
 impl Failure {
@@ -59,6 +74,8 @@ impl Failure {
             Failure::Connection(_) => "connection".into(),
             Failure::Dropped(_) => "dropped".into(),
             Failure::Unsendable(_) => "unsendable".into(),
+            Failure::Unauthorized => "401".into(),
+            Failure::NoToken(_) => "token".into(),
         }
     }
 
@@ -70,12 +87,26 @@ impl Failure {
             Failure::Connection(detail) => format!("connection failed: {detail}"),
             Failure::Dropped(detail) => format!("connection closed without an answer: {detail}"),
             Failure::Unsendable(detail) => format!("cannot be sent: {detail}"),
+            Failure::Unauthorized => {
+                "HTTP 401: the endpoint refused the token (read again; retried, never poisoned)"
+                    .into()
+            }
+            Failure::NoToken(detail) => format!("no endpoint token: {detail}"),
         }
     }
 
     /// Whether the endpoint provably never saw the request (so it is not an attempt).
     pub(crate) fn never_reached(&self) -> bool {
-        matches!(self, Failure::Connection(_) | Failure::Unsendable(_))
+        matches!(
+            self,
+            Failure::Connection(_) | Failure::Unsendable(_) | Failure::NoToken(_)
+        )
+    }
+
+    /// Whether the message is not at fault, however often this happens: the endpoint never
+    /// saw it, or refused the sidecar's token (which can change). Never poisons.
+    pub(crate) fn spares_the_message(&self) -> bool {
+        self.never_reached() || matches!(self, Failure::Unauthorized)
     }
 }
 
@@ -120,6 +151,7 @@ impl Outcome {
             Outcome::Delivered { status } => *status,
             Outcome::Retryable { failure, .. } | Outcome::Permanent { failure } => match failure {
                 Failure::Status(status) => *status,
+                Failure::Unauthorized => 401,
                 other => return (other.label(), other.label()),
             },
         };
@@ -160,31 +192,67 @@ pub fn parse_retry_after(value: &str, now: OffsetDateTime) -> Option<Duration> {
     })
 }
 
-/// POSTs events to the endpoint over a pooled connection.
+/// POSTs events to the endpoint over a pooled connection, each request authorized and
+/// carrying its trace context.
 #[derive(Debug, Clone)]
 pub(crate) struct Deliverer {
     client: reqwest::Client,
     endpoint: Url,
     timeout: Duration,
+    auth: EndpointAuth,
+    trace_context: bool,
 }
 
 impl Deliverer {
     /// POSTs to `endpoint` over `client` (the transport's endpoint client); its timeout
-    /// bounds each POST, from sending to the end of the answer's headers.
-    pub(crate) fn new(client: reqwest::Client, endpoint: &EndpointConfig) -> Self {
+    /// bounds each POST, from sending to the end of the answer's headers. Requests carry
+    /// `auth`'s bearer token, and trace context unless `TRACE_CONTEXT=off`.
+    pub(crate) fn new(
+        client: reqwest::Client,
+        endpoint: &EndpointConfig,
+        auth: EndpointAuth,
+    ) -> Self {
         Self {
             client,
             endpoint: endpoint.url.clone(),
             timeout: endpoint.timeout,
+            auth,
+            trace_context: endpoint.trace_context,
         }
     }
 
-    /// Sends one event and classifies the answer.
-    pub(crate) async fn deliver(&self, payload: HttpPayload) -> Outcome {
-        let mut request = self
+    /// The endpoint's token source (for `check`).
+    pub(crate) fn auth(&self) -> &EndpointAuth {
+        &self.auth
+    }
+
+    /// The trace of the message `message_id` whose event carried `traceparent` and
+    /// `tracestate` (if a passed-through event did); `None` with `TRACE_CONTEXT=off`.
+    pub(crate) fn trace(
+        &self,
+        message_id: &str,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+    ) -> Option<Trace> {
+        self.trace_context
+            .then(|| Trace::for_message(message_id, traceparent, tracestate))
+    }
+
+    /// Sends one event (as `span` of its message's trace, if any) and classifies the answer.
+    pub(crate) async fn deliver(&self, payload: HttpPayload, span: Option<&Span>) -> Outcome {
+        let request = self
             .client
             .post(self.endpoint.clone())
             .timeout(self.timeout);
+        let mut request = match self.request(request, span).await {
+            Ok(request) => request,
+            Err(failure) => {
+                return Outcome::Retryable {
+                    failure,
+                    retry_after: None,
+                }
+            }
+        };
         for (name, value) in &payload.headers {
             request = request.header(name.as_str(), value.as_str());
         }
@@ -199,17 +267,54 @@ impl Deliverer {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, OffsetDateTime::now_utc()));
         drain(response).await;
+        if status == 401 && self.auth.renewable() {
+            self.auth.unauthorized();
+            return Outcome::Retryable {
+                failure: Failure::Unauthorized,
+                retry_after,
+            };
+        }
         classify_status(status, retry_after)
+    }
+
+    /// The one place a request to the endpoint gets what it carries besides its body and
+    /// content headers: the bearer token and, for an attempt, its trace context. Every
+    /// request goes through here (a POST of one event or of several, the probe).
+    pub(crate) async fn request(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        span: Option<&Span>,
+    ) -> Result<reqwest::RequestBuilder, Failure> {
+        if let Some(span) = span {
+            request = request.header("traceparent", span.traceparent());
+            if let Some(state) = span.tracestate() {
+                request = request.header("tracestate", state);
+            }
+        }
+        match self.auth.header().await {
+            Ok(Some(token)) => Ok(request.header(reqwest::header::AUTHORIZATION, token)),
+            Ok(None) => Ok(request),
+            Err(error) => Err(Failure::NoToken(error.0)),
+        }
     }
 
     /// Whether the endpoint accepts TCP (and TLS) connections: used to probe a down endpoint
     /// without sending it an event. Any answer, or a connection the endpoint closed after
-    /// accepting it, counts as up.
+    /// accepting it, counts as up. The probe carries the token when there is one (an auth
+    /// proxy in front of the app may refuse anonymous requests outright).
     pub(crate) async fn probe(&self) -> Result<(), Failure> {
         let request = self
             .client
             .head(self.endpoint.clone())
             .timeout(self.timeout.min(Duration::from_secs(5)));
+        let request = match self.request(request, None).await {
+            Ok(request) => request,
+            // No token is no reason to think the endpoint is down.
+            Err(_) => self
+                .client
+                .head(self.endpoint.clone())
+                .timeout(self.timeout.min(Duration::from_secs(5))),
+        };
         match request.send().await {
             Ok(response) => {
                 drain(response).await;
@@ -250,9 +355,14 @@ impl EndpointGate {
                     last.clone_from(error);
                 }
             }
-            // A request that could not be built says nothing about the endpoint.
+            // A request that could not be built, or had no token, says nothing about the
+            // endpoint.
             Outcome::Permanent {
                 failure: Failure::Unsendable(_),
+            }
+            | Outcome::Retryable {
+                failure: Failure::NoToken(_),
+                ..
             } => {}
             // Anything else reached the endpoint (a dropped connection was accepted first).
             _ => self.reset(),
@@ -348,9 +458,11 @@ mod tests {
             url: Url::parse(url).expect("url"),
             timeout: Duration::from_secs(2),
             ca_certs: None,
+            auth: crate::config::EndpointAuthConfig::None,
+            trace_context: true,
         };
         let clients = crate::transport::Clients::new(&endpoint, false).expect("clients");
-        Deliverer::new(clients.endpoint, &endpoint)
+        Deliverer::new(clients.endpoint, &endpoint, EndpointAuth::none())
     }
 
     fn payload(headers: Vec<(String, String)>) -> HttpPayload {
@@ -367,7 +479,7 @@ mod tests {
             listener.local_addr().expect("addr").port()
         };
         let outcome = deliverer(&format!("http://127.0.0.1:{port}/"))
-            .deliver(payload(Vec::new()))
+            .deliver(payload(Vec::new()), None)
             .await;
         assert!(
             matches!(
@@ -395,7 +507,7 @@ mod tests {
             let _ = stream.read(&mut buffer).await;
         });
         let outcome = deliverer(&format!("http://127.0.0.1:{port}/"))
-            .deliver(payload(Vec::new()))
+            .deliver(payload(Vec::new()), None)
             .await;
         server.await.expect("server");
         assert!(
@@ -414,7 +526,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_that_cannot_be_built_is_permanent() {
         let outcome = deliverer("http://127.0.0.1:9/")
-            .deliver(payload(vec![("ce-bad".into(), "line\nbreak".into())]))
+            .deliver(payload(vec![("ce-bad".into(), "line\nbreak".into())]), None)
             .await;
         assert!(
             matches!(

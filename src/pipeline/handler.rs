@@ -59,6 +59,7 @@ use crate::pipeline::endpoint::{Deliverer, EndpointGate, Failure, Outcome};
 use crate::pipeline::event::{self, Event, EventMapper, Notice};
 use crate::pipeline::poison::{envelope, PoisonQueue};
 use crate::pipeline::policy::{retry_label, Decision, PoisonReason, RetryPolicy};
+use crate::pipeline::trace::{Span, Trace};
 use crate::queue::{
     Budget, Deleted, Leased, Operation, Queue, QueueError, QueueErrorKind, ReceivedMessage,
 };
@@ -262,6 +263,8 @@ pub(crate) enum Work {
     Post {
         members: Vec<Member>,
         entries: Vec<Vec<u8>>,
+        /// Each member's span (the trace context its entry carries), when trace context is on.
+        spans: Vec<Option<Span>>,
     },
     Alone(Member, Settlement),
 }
@@ -350,13 +353,22 @@ impl Handler {
                 return self.settle(settlement, &message, &lease).await;
             }
         };
+        // One trace per message, a new span for every attempt (unless TRACE_CONTEXT=off).
+        let (traceparent, tracestate) = event.trace_extension();
+        let span = self
+            .deliverer
+            .trace(&message.id, traceparent, tracestate)
+            .as_ref()
+            .map(Trace::new_span);
         let payload = event.encode(self.mapper.mode());
-        let Some((outcome, latency)) = self.attempt(&message, &lease, payload, hard_stop).await
+        let Some((outcome, latency)) = self
+            .attempt(&message, &lease, payload, span.as_ref(), hard_stop)
+            .await
         else {
             return self.release(&message, &lease).await;
         };
         self.gate.record(&outcome);
-        self.conclude(message, &lease, &outcome, latency, slot)
+        self.conclude(message, &lease, &outcome, latency, span.as_ref(), slot)
             .await
     }
 
@@ -377,18 +389,21 @@ impl Handler {
         max_events: usize,
     ) -> Vec<Work> {
         let mut work = Vec::new();
-        let (mut members, mut entries) = (Vec::new(), Vec::new());
+        let (mut members, mut entries, mut spans) = (Vec::new(), Vec::new(), Vec::new());
         for message in messages {
             match self.prepare(message, leased_until) {
                 (member, Next::Deliver(event)) => {
-                    entries.push(self.batch_entry(&member.message, event));
+                    let (entry, span) = self.batch_entry(&member.message, event);
+                    entries.push(entry);
+                    spans.push(span);
                     members.push(member);
                 }
                 (member, Next::Settle(settlement)) => work.push(Work::Alone(member, settlement)),
             }
         }
         let lens: Vec<usize> = entries.iter().map(Vec::len).collect();
-        let (mut members, mut entries) = (members.into_iter(), entries.into_iter());
+        let (mut members, mut entries, mut spans) =
+            (members.into_iter(), entries.into_iter(), spans.into_iter());
         for range in batch::group(
             &lens,
             self.batch.max_events.min(max_events.max(1)),
@@ -397,17 +412,26 @@ impl Handler {
             work.push(Work::Post {
                 members: members.by_ref().take(range.len()).collect(),
                 entries: entries.by_ref().take(range.len()).collect(),
+                spans: spans.by_ref().take(range.len()).collect(),
             });
         }
         work
     }
 
-    /// One message's entry in a batch: the structured-mode document of its event. This is the
-    /// place for what belongs to each event rather than to the request, such as its trace
-    /// context (the CloudEvents distributed-tracing extension): a batch POST carries many
-    /// messages, so request headers cannot carry any one message's.
-    fn batch_entry(&self, _message: &ReceivedMessage, event: Event) -> Vec<u8> {
-        event.batch_entry()
+    /// One message's entry in a batch: the structured-mode document of its event, carrying its
+    /// trace context as the CloudEvents distributed-tracing extension (a batch POST carries
+    /// many messages, so request headers cannot carry any one message's), and that span.
+    fn batch_entry(&self, message: &ReceivedMessage, mut event: Event) -> (Vec<u8>, Option<Span>) {
+        let (traceparent, tracestate) = event.trace_extension();
+        let Some(trace) = self.deliverer.trace(&message.id, traceparent, tracestate) else {
+            return (event.batch_entry(), None);
+        };
+        let entry = trace.entry_span(traceparent);
+        if entry.set_extension {
+            let state = entry.span.tracestate().map(str::to_string);
+            event.set_trace_extension(entry.span.traceparent(), state.as_deref());
+        }
+        (event.batch_entry(), Some(entry.span))
     }
 
     /// Carries out one piece of batched work (see [`Handler::batch_up`]) in its delivery
@@ -421,7 +445,7 @@ impl Handler {
         hard_stop: Shutdown,
         slots: Vec<DeliverySlot>,
     ) -> Vec<Disposition> {
-        let (members, entries) = match work {
+        let (members, entries, spans) = match work {
             Work::Alone(member, settlement) => {
                 let _settling = match slots.into_iter().next() {
                     Some(slot) => Some(slot.settle().await),
@@ -432,12 +456,16 @@ impl Handler {
                         .await,
                 ];
             }
-            Work::Post { members, entries } => (members, entries),
+            Work::Post {
+                members,
+                entries,
+                spans,
+            } => (members, entries, spans),
         };
         let outcomes = self.post_batch(&members, &entries, hard_stop).await;
         drop(entries);
-        join_all(members.into_iter().zip(outcomes).zip(slots).map(
-            |((member, outcome), slot)| async move {
+        join_all(members.into_iter().zip(outcomes).zip(spans).zip(slots).map(
+            |(((member, outcome), span), slot)| async move {
                 // The in-flight guard is kept until the message is done.
                 let Member {
                     message,
@@ -445,8 +473,9 @@ impl Handler {
                     _in_flight: _counted,
                 } = member;
                 match outcome {
+                    // The log lines name the span the message's entry carried.
                     Some((outcome, latency)) => {
-                        self.conclude(message, &lease, &outcome, latency, slot)
+                        self.conclude(message, &lease, &outcome, latency, span.as_ref(), slot)
                             .await
                     }
                     None => self.release(&message, &lease).await,
@@ -489,7 +518,7 @@ impl Handler {
                 let bytes = payload.body.len();
                 let started = Instant::now();
                 let outcome = tokio::select! {
-                    outcome = self.deliverer.deliver(payload) => outcome,
+                    outcome = self.deliverer.deliver(payload, None) => outcome,
                     _ = hard_stop.wait() => break,
                 };
                 let latency = started.elapsed();
@@ -597,6 +626,7 @@ impl Handler {
         lease: &Lease,
         outcome: &Outcome,
         latency: Duration,
+        span: Option<&Span>,
         slot: DeliverySlot,
     ) -> Disposition {
         let (status, status_class) = outcome.status_labels();
@@ -610,6 +640,8 @@ impl Handler {
             error: error.as_ref().map(|e| e as &dyn std::fmt::Display),
             latency,
             age: message.insertion_time.map(age),
+            trace_id: span.as_ref().map(|s| s.trace_id.as_str()),
+            span_id: span.as_ref().map(|s| s.span_id.as_str()),
         }
         .emit();
         let decision = self.policy.decide(message.dequeue_count, outcome);
@@ -628,13 +660,14 @@ impl Handler {
         message: &ReceivedMessage,
         lease: &Lease,
         payload: crate::pipeline::event::HttpPayload,
+        span: Option<&Span>,
         mut hard_stop: Shutdown,
     ) -> Option<(Outcome, Duration)> {
         let (stop_renewing, renewing) = shutdown::channel();
         let post = async {
             let started = Instant::now();
             let outcome = tokio::select! {
-                outcome = self.deliverer.deliver(payload) => Some((outcome, started.elapsed())),
+                outcome = self.deliverer.deliver(payload, span) => Some((outcome, started.elapsed())),
                 _ = hard_stop.wait() => None,
             };
             // A renewal in flight is not abandoned: `keep_leased` finishes it first, since

@@ -14,6 +14,8 @@
 //! - [`batch`]: batched mode's pure rules — which messages share a POST, and the bisection
 //!   of a rejected batch.
 //! - [`poison`]: the poison queue and its envelope format.
+//! - [`trace`]: W3C trace context — one trace per message (its id from the message id, or
+//!   the passed-through event's), one span per attempt.
 //!
 //! The pump owns the receive side and hands each message to the handler; the handler asks the
 //! policy what to do and carries it out. Nothing here builds a client or reads a variable:
@@ -27,6 +29,7 @@ pub(crate) mod handler;
 pub(crate) mod poison;
 pub(crate) mod policy;
 pub(crate) mod pump;
+pub(crate) mod trace;
 
 use crate::auth::Storage;
 use crate::config::Config;
@@ -38,12 +41,12 @@ use poison::PoisonQueue;
 use policy::RetryPolicy;
 use pump::{Pump, PumpSettings};
 
-/// The pump and everything it drives, for `config` and `storage`, with POSTs over
-/// `endpoint_client` and queue clients from `queues`. No network call.
+/// The pump and everything it drives, for `config` and `storage`, with POSTs through
+/// `deliverer` and queue clients from `queues`. No network call.
 pub(crate) fn build(
     config: &Config,
     storage: &Storage,
-    endpoint_client: reqwest::Client,
+    deliverer: Deliverer,
     queues: &QueueConnector,
 ) -> Result<Pump, QueueError> {
     let queue = queues.queue(storage.queue_url.clone())?;
@@ -58,7 +61,7 @@ pub(crate) fn build(
             config.event.clone(),
             config.event.source_or(&storage.queue_url),
         ),
-        Deliverer::new(endpoint_client, &config.endpoint),
+        deliverer,
         RetryPolicy::from_config(&config.retry),
         config.visibility_timeout,
         config.event.batch,

@@ -13,6 +13,10 @@
 //!   the poison queue. A connection that broke *after* the request was sent, or a timeout, is
 //!   an attempt like a 5xx: the message may be what crashes the app.
 //! - A request that cannot be built from the event is undeliverable: poisoned at once.
+//! - A 401 while the endpoint's token can change (a token file, an Entra ID audience) is
+//!   retried and never poisons: the token is at fault, not the message, and it is read again
+//!   at once. Without a token source a 401 is permanent, like other 4xx. No token to send at
+//!   all (an unreadable token file from the start) is not an attempt either.
 //! - `MAX_DEQUEUE_COUNT=0` disables poisoning: what would be poisoned is retried at the longest
 //!   delay instead.
 //! - No retry comes sooner than [`MIN_RETRY_DELAY`], whatever the endpoint's `Retry-After`
@@ -133,7 +137,7 @@ impl RetryPolicy {
                 retry_after,
             } => {
                 let exhausted = self.poisoning() && dequeue_count >= self.max_dequeue_count;
-                if exhausted && !failure.never_reached() {
+                if exhausted && !failure.spares_the_message() {
                     return Decision::Poison(PoisonReason::AttemptsExhausted(failure.clone()));
                 }
                 let delay = match retry_after {
@@ -237,6 +241,21 @@ mod tests {
             retry_after: None,
         };
         assert!(matches!(p.decide(5, &timeout), Decision::Poison(_)));
+    }
+
+    #[test]
+    fn a_refused_token_or_no_token_never_poisons() {
+        let p = policy(1);
+        for failure in [Failure::Unauthorized, Failure::NoToken("unreadable".into())] {
+            let outcome = Outcome::Retryable {
+                failure: failure.clone(),
+                retry_after: None,
+            };
+            assert!(
+                matches!(p.decide(99, &outcome), Decision::Retry { failure: Some(f), .. } if f == failure),
+                "{failure:?}"
+            );
+        }
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub(crate) struct Metrics {
     pub token_requests: Family<Labels, Counter>,
     /// Failed token endpoint calls by identity and status.
     pub token_endpoint_errors: Family<Labels, Counter>,
+    /// Endpoint bearer tokens that could not be obtained, by source.
+    pub endpoint_token_failures: Family<Labels, Counter>,
+    /// Endpoint bearer tokens that changed (a rotated file, a refreshed Entra token), by source.
+    pub endpoint_token_changes: Family<Labels, Counter>,
     /// Poison copies written whose message could not be deleted from the main queue.
     pub poisoned_not_deleted: Counter,
     /// Messages that looked like a CloudEvent or an Event Grid event but were not valid ones.
@@ -117,6 +121,8 @@ impl Metrics {
             oldest_message_age_seconds: Gauge::default(),
             token_requests: Family::default(),
             token_endpoint_errors: Family::default(),
+            endpoint_token_failures: Family::default(),
+            endpoint_token_changes: Family::default(),
             poisoned_not_deleted: Counter::default(),
             invalid_events_wrapped: Counter::default(),
             decode_base64_hint: Gauge::default(),
@@ -303,6 +309,16 @@ impl Metrics {
             "token_endpoint_errors",
             "Failed token endpoint calls (each retry counts) by identity and status",
             self.token_endpoint_errors.clone(),
+        );
+        registry.register(
+            "endpoint_token_failures",
+            "Endpoint bearer tokens that could not be obtained (unreadable token file, no Entra ID token), by source",
+            self.endpoint_token_failures.clone(),
+        );
+        registry.register(
+            "endpoint_token_changes",
+            "Endpoint bearer tokens that changed (rotated token file, refreshed Entra ID token), by source",
+            self.endpoint_token_changes.clone(),
         );
     }
 

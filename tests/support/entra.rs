@@ -491,7 +491,18 @@ fn issue(state: &IssuerState, exchange: Exchange) -> (u16, String) {
             error_body("temporarily_unavailable", "the test issuer is down"),
         );
     }
-    let audience = state.audience.lock().expect("lock").clone();
+    // The queue's scope gets the configured audience; any other `<audience>/.default` scope
+    // (or managed identity `resource`) gets a token for that audience (ENDPOINT_AUDIENCE).
+    let asked = form
+        .get("scope")
+        .and_then(|s| s.strip_suffix("/.default"))
+        .or(query.get("resource").map(String::as_str))
+        .unwrap_or(STORAGE_AUDIENCE)
+        .to_string();
+    let audience = match asked == STORAGE_AUDIENCE || asked == "https://storage.azure.com" {
+        true => state.audience.lock().expect("lock").clone(),
+        false => asked.clone(),
+    };
     let lifetime = *state.expires_in.lock().expect("lock");
     let serial = state.counter.fetch_add(1, Ordering::SeqCst);
     let token = access_token(&audience, lifetime, serial);
@@ -504,7 +515,7 @@ fn issue(state: &IssuerState, exchange: Exchange) -> (u16, String) {
                 "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
             )
             && expect("client_id", CLIENT_ID)
-            && expect("scope", "https://storage.azure.com/.default")
+            && form.get("scope").is_some_and(|s| s.ends_with("/.default"))
             && form.get("client_assertion").is_some_and(|a| !a.is_empty());
         if !valid {
             return (
@@ -525,7 +536,7 @@ fn issue(state: &IssuerState, exchange: Exchange) -> (u16, String) {
         if exchange.headers.get("x-identity-header") != Some(&state.identity_header) {
             return (401, error_body("unauthorized", "wrong X-IDENTITY-HEADER"));
         }
-        let resource_ok = query.get("resource").map(String::as_str) == Some(STORAGE_AUDIENCE);
+        let resource_ok = query.get("resource").is_some_and(|r| !r.is_empty());
         let version_ok = query.get("api-version").map(String::as_str) == Some("2019-08-01");
         if !resource_ok || !version_ok {
             return (
@@ -537,7 +548,7 @@ fn issue(state: &IssuerState, exchange: Exchange) -> (u16, String) {
         let body = serde_json::json!({
             "access_token": token,
             "expires_on": (now() + lifetime).to_string(),
-            "resource": STORAGE_AUDIENCE,
+            "resource": asked,
             "token_type": "Bearer",
         });
         return (200, body.to_string());

@@ -80,11 +80,17 @@ fn which(name: &str) -> Result<PathBuf, ()> {
 
 /// Lines a child process printed, collected by a reader thread.
 #[derive(Clone, Default)]
-pub struct Output(Arc<Mutex<Vec<String>>>);
+pub struct Output {
+    lines: Arc<Mutex<Vec<String>>>,
+    /// Reader threads that have not reached the end of their stream yet.
+    open_readers: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 impl Output {
     fn capture(&self, stream: impl std::io::Read + Send + 'static) {
-        let lines = self.0.clone();
+        let lines = self.lines.clone();
+        let open = self.open_readers.clone();
+        open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
                 if std::env::var_os("TEST_ECHO").is_some() {
@@ -92,11 +98,22 @@ impl Output {
                 }
                 lines.lock().expect("output lock").push(line);
             }
+            open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
     }
 
+    /// Waits (up to `timeout`) until every stream was read to its end: after the process
+    /// exited, its last lines may still sit in the pipe, unread by a reader thread that a
+    /// loaded machine has not scheduled yet.
+    pub async fn wait_closed(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.open_readers.load(std::sync::atomic::Ordering::SeqCst) == 0
+        })
+        .await
+    }
+
     pub fn lines(&self) -> Vec<String> {
-        self.0.lock().expect("output lock").clone()
+        self.lines.lock().expect("output lock").clone()
     }
 
     pub fn text(&self) -> String {
@@ -586,6 +603,8 @@ impl Sidecar {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                // Everything it printed before exiting, read.
+                self.output.wait_closed(Duration::from_secs(10)).await;
                 return Some(status.code().unwrap_or(-1));
             }
             if Instant::now() >= deadline {

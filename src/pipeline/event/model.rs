@@ -177,6 +177,25 @@ impl Event {
         self.notice.as_ref()
     }
 
+    /// The distributed tracing extension (`traceparent`, `tracestate`) of a passed-through
+    /// CloudEvent, as the producer wrote it; `None` for events the sidecar made.
+    pub(crate) fn trace_extension(&self) -> (Option<&str>, Option<&str>) {
+        if self.origin != Origin::CloudEvent {
+            return (None, None);
+        }
+        let text = |name: &str| {
+            self.attributes
+                .iter()
+                .find(|a| a.name == name)
+                .and_then(|a| match &a.value {
+                    AttributeValue::String(text) => Some(text.as_str()),
+                    AttributeValue::Raw { text, .. } => text.as_deref(),
+                    AttributeValue::Number(_) => None,
+                })
+        };
+        (text("traceparent"), text("tracestate"))
+    }
+
     /// Sets an attribute, replacing one of the same name wherever it was.
     pub(super) fn set(&mut self, attribute: Attribute) {
         self.attributes.retain(|a| a.name != attribute.name);
@@ -189,6 +208,19 @@ impl Event {
             ContentMode::Structured => self.structured(),
             ContentMode::Binary => self.binary(),
             ContentMode::Batched => batch(&[self.batch_entry()]),
+        }
+    }
+
+    /// Sets the distributed-tracing extension (`traceparent`, and `tracestate` when there is
+    /// one; an invalid `tracestate` the producer wrote goes, as it belongs to no trace now).
+    pub(crate) fn set_trace_extension(&mut self, traceparent: String, tracestate: Option<&str>) {
+        self.set(Attribute {
+            name: Cow::Borrowed("traceparent"),
+            value: AttributeValue::String(traceparent),
+        });
+        match tracestate {
+            Some(state) => self.set(Attribute::string("tracestate", state)),
+            None => self.attributes.retain(|a| a.name != "tracestate"),
         }
     }
 

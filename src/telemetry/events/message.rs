@@ -25,6 +25,10 @@ pub(crate) struct DeliveryAttempted<'a> {
     pub latency: Duration,
     /// Time since the message was enqueued.
     pub age: Option<Duration>,
+    /// The W3C trace id and span id the POST carried (unless `TRACE_CONTEXT=off`), so the
+    /// line joins the app's traces.
+    pub trace_id: Option<&'a str>,
+    pub span_id: Option<&'a str>,
 }
 
 impl DeliveryAttempted<'_> {
@@ -40,6 +44,8 @@ impl DeliveryAttempted<'_> {
                     status = self.status,
                     latency_ms = millis(self.latency),
                     error = %error,
+                    trace_id = self.trace_id,
+                    span_id = self.span_id,
                     "delivery failed"
                 )
             };
@@ -72,6 +78,8 @@ impl InternalEvent for DeliveryAttempted<'_> {
                     outcome = "delivered",
                     status = self.status,
                     latency_ms = millis(self.latency),
+                    trace_id = self.trace_id,
+                    span_id = self.span_id,
                     "delivered"
                 );
                 if let EndpointTransition::Recovered { failures } = health().endpoint_delivered() {

@@ -20,8 +20,10 @@
 //! - [`lifecycle`]: the receive loop, the endpoint pause, shutdown.
 //! - [`admin`]: the admin server and the liveness probe.
 //! - [`identity`]: Microsoft Entra ID tokens.
+//! - [`endpoint_auth`]: the endpoint's bearer token (rotated, refreshed, unavailable).
 
 mod admin;
+mod endpoint_auth;
 mod identity;
 mod internal;
 mod lifecycle;
@@ -30,6 +32,7 @@ mod poison;
 mod queue;
 
 pub(crate) use admin::{AdminConnectionFailed, AdminServerStarted, LivenessChanged};
+pub(crate) use endpoint_auth::{EndpointTokenChanged, EndpointTokenFailed};
 pub(crate) use identity::{TokenAcquired, TokenEndpointAttemptFailed, TokenRequestFailed};
 pub(crate) use internal::InternalEvent;
 pub(crate) use lifecycle::{
