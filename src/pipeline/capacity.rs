@@ -41,6 +41,15 @@ const SETTLE_FACTOR: usize = 2;
 /// 64 KiB benchmark from 12.4 to 15.5 MiB.
 const PREFETCH_BYTES: usize = 256 * 1024;
 
+/// Messages longer than this on average are not prefetched at all: with big messages the
+/// memory of what waits leased for a slot costs more than the round trip it saves.
+const NO_PREFETCH_ABOVE: usize = 16 * 1024;
+
+/// A Get asks for at most this many bytes of message text (estimated from the last Get's
+/// average): the whole response and the texts decoded from it are held at once, so 32 x 64 KiB
+/// in one Get is a 4 MiB peak for a moment; 16 of them, half of that.
+const GET_BYTES: usize = 1024 * 1024;
+
 /// The message-bytes budget per delivery slot: the largest message text the queue service
 /// accepts (64 KiB).
 const BYTES_PER_SLOT: usize = 64 * 1024;
@@ -92,10 +101,24 @@ impl Capacity {
     /// averaged `message_bytes`: never more than [`PREFETCH_BYTES`] of them, so big messages
     /// are hardly prefetched and the peak memory stays that of `MAX_IN_FLIGHT`.
     pub(crate) fn prefetch(&self, freed: u64, message_bytes: usize) -> usize {
+        if Self::big(message_bytes) {
+            return 0;
+        }
         usize::try_from(freed)
             .unwrap_or(usize::MAX)
             .min(self.max_in_flight)
             .min(PREFETCH_BYTES / message_bytes.max(1))
+    }
+
+    /// Messages this long on average are neither prefetched nor received by overlapping Gets.
+    pub(crate) fn big(message_bytes: usize) -> bool {
+        message_bytes > NO_PREFETCH_ABOVE
+    }
+
+    /// The most messages one Get should ask for when messages average `message_bytes`:
+    /// `batch_size`, unless that is more than [`GET_BYTES`] of text (never less than one).
+    pub(crate) fn get_size(batch_size: usize, message_bytes: usize) -> usize {
+        batch_size.min(GET_BYTES / message_bytes.max(1)).max(1)
     }
 
     /// Waits until at least `min` credits are usable with `prefetch` allowed, then takes as
@@ -259,17 +282,25 @@ mod tests {
         let capacity = Capacity::new(4);
         assert_eq!(capacity.prefetch(3, 200), 3);
         assert_eq!(capacity.prefetch(100, 200), 4);
-        assert_eq!(capacity.prefetch(100, 64 * 1024), 4);
+        assert_eq!(capacity.prefetch(100, 64 * 1024), 0, "big ones: none");
         assert_eq!(
-            Capacity::new(32).prefetch(100, 64 * 1024),
-            4,
-            "256 KiB of big ones"
+            Capacity::new(32).prefetch(100, 16 * 1024),
+            16,
+            "256 KiB of 16 KiB ones"
         );
         assert_eq!(Capacity::new(32).prefetch(100, 0), 32);
         let first = capacity.credits(1, 32, 0).await;
         let second = capacity.credits(1, 32, 3).await;
         assert_eq!((first.count(), second.count()), (4, 3));
         assert_eq!(capacity.credits(1, 32, 4).await.count(), 1);
+    }
+
+    #[test]
+    fn a_get_asks_for_at_most_a_mebibyte_of_big_messages() {
+        assert_eq!(Capacity::get_size(32, 200), 32);
+        assert_eq!(Capacity::get_size(32, 64 * 1024), 16);
+        assert_eq!(Capacity::get_size(32, 0), 32);
+        assert_eq!(Capacity::get_size(32, 8 * 1024 * 1024), 1);
     }
 
     #[tokio::test]

@@ -210,11 +210,16 @@ impl Pump {
             }
             // A second Get while one is under way only into a backlog: a queue being emptied
             // gets one Get at a time, as every Get is billed.
+            // Nor for big messages: each Get's response is held whole for a moment.
             let may_receive = !gate.is_down()
                 && (receives.is_empty()
-                    || (pace.backlog && receives.len() < MAX_RECEIVES_IN_FLIGHT));
+                    || (pace.backlog
+                        && receives.len() < MAX_RECEIVES_IN_FLIGHT
+                        && !Capacity::big(pace.message_bytes)));
             // A lone Get goes once half a batch is free; one beside it only for a full batch,
             // so overlapping does not mean more, smaller Gets.
+            let get_size =
+                Capacity::get_size(self.settings.batch_size as usize, pace.message_bytes);
             let min_batch = match receives.is_empty() {
                 true => self.settings.refill_threshold(),
                 false => self.settings.batch_size as usize,
@@ -238,8 +243,8 @@ impl Pump {
                 _ = tokio::time::sleep_until(pace.resume_at), if resting => {}
                 _ = tokio::time::sleep(HEARTBEAT) => {}
                 credits = flow.capacity.credits(
-                    min_batch,
-                    self.settings.batch_size as usize,
+                    min_batch.min(get_size),
+                    get_size,
                     pace.prefetch,
                 ), if may_receive && !resting => {
                     if credits.count() > 0 {
@@ -323,9 +328,12 @@ impl Pump {
         }
         .emit();
         let text_bytes: usize = messages.iter().map(|m| m.text.len()).sum();
+        if !messages.is_empty() {
+            pace.message_bytes = text_bytes / messages.len();
+        }
         pace.prefetch = flow.capacity.prefetch(
             flow.capacity.finished().saturating_sub(finished_at_send),
-            text_bytes / messages.len().max(1),
+            pace.message_bytes,
         );
         pace.backlog = !messages.is_empty() && messages.len() >= credits.count();
         if messages.is_empty() {
@@ -526,6 +534,8 @@ struct Pace {
     resume_at: tokio::time::Instant,
     /// Credits usable beyond `MAX_IN_FLIGHT` (see [`Capacity::prefetch`]).
     prefetch: usize,
+    /// The average text length of the last messages received (sizes the next Get).
+    message_bytes: usize,
     /// The last Get came back full: the queue has more.
     backlog: bool,
     /// When a Get last brought messages (for `EXIT_WHEN_IDLE`).
@@ -539,6 +549,7 @@ impl Pace {
             failing: Backoff::new(FAILURE_BACKOFF_MIN, FAILURE_BACKOFF_MAX),
             resume_at: tokio::time::Instant::now(),
             prefetch: 0,
+            message_bytes: 0,
             backlog: false,
             last_received: Instant::now(),
         }
