@@ -472,6 +472,12 @@ fn configuration_errors_exit_2_with_one_line_naming_the_variable() {
             vec![("AZURE_STORAGE_CONNECTION_STRING", "AccountName=a;garbage")],
         ),
         ("ENDPOINT_URL", vec![("ENDPOINT_URL", "localhost:8080")]),
+        // Host names must be ASCII (Punycode for an international one): the binary carries
+        // no Unicode tables for IDNA (idna_adapter 1.0, issue 17).
+        (
+            "ENDPOINT_URL",
+            vec![("ENDPOINT_URL", "http://bücher.example/events")],
+        ),
         ("BATCH_SIZE", vec![("BATCH_SIZE", "0")]),
         ("BATCH_SIZE", vec![("BATCH_SIZE", "40")]),
         ("VISIBILITY_TIMEOUT", vec![("VISIBILITY_TIMEOUT", "thirty")]),

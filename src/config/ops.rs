@@ -5,7 +5,7 @@ use super::values::{ConfigError, Env};
 use super::variables::DEFAULT_ADMIN_ADDR;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 
 /// The log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,14 +53,12 @@ pub(super) fn log_config(env: &Env) -> Result<LogConfig, ConfigError> {
     };
     let filter = env.value("LOG_LEVEL")?;
     let config = LogConfig { format, filter };
-    EnvFilter::builder()
-        .parse(config.directives())
-        .map_err(|e| {
-            ConfigError::new(
-                "LOG_LEVEL",
-                format!("expected a filter such as info, debug or info,azure_core=debug ({e})"),
-            )
-        })?;
+    config.directives().parse::<Targets>().map_err(|e| {
+        ConfigError::new(
+            "LOG_LEVEL",
+            format!("expected a filter such as info, debug or info,azure_core=debug ({e})"),
+        )
+    })?;
     Ok(config)
 }
 

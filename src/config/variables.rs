@@ -369,9 +369,9 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "MAX_IN_FLIGHT",
         default: Default::Value("32"),
-        help: "concurrent deliveries",
+        help: "POSTs open to the endpoint at once (deletes run on their own budget)",
         section: Section::Throughput,
-        readme: "Deliveries running at once.",
+        readme: "POSTs open to the endpoint at once. Deletes and retry delays after them run on a budget of their own (2 × this), and up to this many more messages may be received ahead while the queue has a backlog (see *Receiving*).",
         ..ROW
     },
     Variable {

@@ -54,6 +54,7 @@
 
 use crate::config::{BatchConfig, ContentMode};
 use crate::pipeline::batch;
+use crate::pipeline::capacity::DeliverySlot;
 use crate::pipeline::endpoint::{Deliverer, EndpointGate, Failure, Outcome};
 use crate::pipeline::event::{self, Event, EventMapper, Notice};
 use crate::pipeline::poison::{envelope, PoisonQueue};
@@ -269,11 +270,11 @@ pub(crate) enum Work {
 }
 
 impl Work {
-    /// How many messages this unit carries.
-    pub(crate) fn len(&self) -> usize {
+    /// The text length of each of its messages (for the message-bytes budget).
+    pub(crate) fn sizes(&self) -> Vec<usize> {
         match self {
-            Work::Post { members, .. } => members.len(),
-            Work::Alone(..) => 1,
+            Work::Post { members, .. } => members.iter().map(|m| m.message.text.len()).collect(),
+            Work::Alone(member, _) => vec![member.message.text.len()],
         }
     }
 }
@@ -324,14 +325,17 @@ impl Handler {
         &self.deliverer
     }
 
-    /// Delivers `message`, leased until `leased_until`, and carries out the decision.
-    /// `hard_stop` fires when the shutdown timeout has passed (or a second signal came): a
-    /// POST still running is then abandoned and the message released.
+    /// Delivers `message`, leased until `leased_until`, in delivery `slot`, and carries out
+    /// the decision; the slot is given back as soon as the endpoint is done with the message
+    /// (the queue work after it runs on the settling budget). `hard_stop` fires when the
+    /// shutdown timeout has passed (or a second signal came): a POST still running is then
+    /// abandoned and the message released.
     pub(crate) async fn handle(
         &self,
         message: ReceivedMessage,
         leased_until: Instant,
         hard_stop: Shutdown,
+        slot: DeliverySlot,
     ) -> Disposition {
         // The member is taken apart, its in-flight guard kept until the message is done.
         let (
@@ -344,7 +348,10 @@ impl Handler {
         ) = self.prepare(message, leased_until);
         let event = match next {
             Next::Deliver(event) => event,
-            Next::Settle(settlement) => return self.settle(settlement, &message, &lease).await,
+            Next::Settle(settlement) => {
+                let _settling = slot.settle().await;
+                return self.settle(settlement, &message, &lease).await;
+            }
         };
         // One trace per message, a new span for every attempt (unless TRACE_CONTEXT=off).
         let (traceparent, tracestate) = event.trace_extension();
@@ -361,7 +368,7 @@ impl Handler {
             return self.release(&message, &lease).await;
         };
         self.gate.record(&outcome);
-        self.conclude(&message, &lease, &outcome, latency, span.as_ref())
+        self.conclude(message, &lease, &outcome, latency, span.as_ref(), slot)
             .await
     }
 
@@ -372,11 +379,14 @@ impl Handler {
 
     /// Batched mode: the messages of one receive, leased until `leased_until`, as batches
     /// (`CE_BATCH_SIZE`, `CE_BATCH_MAX_BYTES`, in receive order), and the messages that need
-    /// no POST (delivered before, or unable to become an event), each on its own.
+    /// no POST (delivered before, or unable to become an event), each on its own. No batch has
+    /// more than `max_events` entries: a batch holds one delivery slot per message while its
+    /// POSTs run, so it may not need more than `MAX_IN_FLIGHT`.
     pub(crate) fn batch_up(
         &self,
         messages: Vec<ReceivedMessage>,
         leased_until: Instant,
+        max_events: usize,
     ) -> Vec<Work> {
         let mut work = Vec::new();
         let (mut members, mut entries, mut spans) = (Vec::new(), Vec::new(), Vec::new());
@@ -394,7 +404,11 @@ impl Handler {
         let lens: Vec<usize> = entries.iter().map(Vec::len).collect();
         let (mut members, mut entries, mut spans) =
             (members.into_iter(), entries.into_iter(), spans.into_iter());
-        for range in batch::group(&lens, self.batch.max_events, self.batch.max_bytes) {
+        for range in batch::group(
+            &lens,
+            self.batch.max_events.min(max_events.max(1)),
+            self.batch.max_bytes,
+        ) {
             work.push(Work::Post {
                 members: members.by_ref().take(range.len()).collect(),
                 entries: entries.by_ref().take(range.len()).collect(),
@@ -420,17 +434,27 @@ impl Handler {
         (event.batch_entry(), Some(entry.span))
     }
 
-    /// Carries out one piece of batched work (see [`Handler::batch_up`]): the POSTs of a
-    /// batch, bisected on a permanent failure, with every message's lease kept meanwhile; then
-    /// each message's own decision, as for a single message. `hard_stop` cuts the POSTs off:
-    /// messages without an outcome yet are released, the others carried out.
-    pub(crate) async fn handle_work(&self, work: Work, hard_stop: Shutdown) -> Vec<Disposition> {
+    /// Carries out one piece of batched work (see [`Handler::batch_up`]) in its delivery
+    /// `slots`, one per message: the POSTs of a batch, bisected on a permanent failure, with
+    /// every message's lease kept meanwhile; then each message's own decision, as for a single
+    /// message, each giving its slot back once it has a settling permit. `hard_stop` cuts the
+    /// POSTs off: messages without an outcome yet are released, the others carried out.
+    pub(crate) async fn handle_work(
+        &self,
+        work: Work,
+        hard_stop: Shutdown,
+        slots: Vec<DeliverySlot>,
+    ) -> Vec<Disposition> {
         let (members, entries, spans) = match work {
             Work::Alone(member, settlement) => {
+                let _settling = match slots.into_iter().next() {
+                    Some(slot) => Some(slot.settle().await),
+                    None => None,
+                };
                 return vec![
                     self.settle(settlement, &member.message, &member.lease)
                         .await,
-                ]
+                ];
             }
             Work::Post {
                 members,
@@ -440,24 +464,39 @@ impl Handler {
         };
         let outcomes = self.post_batch(&members, &entries, hard_stop).await;
         drop(entries);
-        join_all(members.iter().zip(outcomes).zip(spans).map(
-            |((member, outcome), span)| async move {
+        join_all(members.into_iter().zip(outcomes).zip(spans).zip(slots).map(
+            |(((member, outcome), span), slot)| async move {
+                // The in-flight guard is kept until the message is done.
+                let Member {
+                    message,
+                    lease,
+                    _in_flight: _counted,
+                } = member;
                 match outcome {
                     // The log lines name the span the message's entry carried.
                     Some((outcome, latency)) => {
-                        self.conclude(
-                            &member.message,
-                            &member.lease,
-                            &outcome,
-                            latency,
-                            span.as_ref(),
-                        )
-                        .await
+                        self.conclude(message, &lease, &outcome, latency, span.as_ref(), slot)
+                            .await
                     }
-                    None => self.release(&member.message, &member.lease).await,
+                    None => self.release(&message, &lease).await,
                 }
             },
         ))
+        .await
+    }
+
+    /// A piece of batched work whose delivery never started (a hard stop came before its
+    /// slots): every message is released.
+    pub(crate) async fn release_work(&self, work: Work) -> Vec<Disposition> {
+        let members = match work {
+            Work::Post { members, .. } => members,
+            Work::Alone(member, _) => vec![member],
+        };
+        join_all(
+            members
+                .iter()
+                .map(|member| self.release(&member.message, &member.lease)),
+        )
         .await
     }
 
@@ -579,14 +618,16 @@ impl Handler {
     }
 
     /// After a delivery attempt: counts it (one per message, in batched mode too), asks the
-    /// policy and carries out the decision.
+    /// policy, gives the message's delivery `slot` back once it has a settling permit, and
+    /// carries out the decision.
     async fn conclude(
         &self,
-        message: &ReceivedMessage,
+        mut message: ReceivedMessage,
         lease: &Lease,
         outcome: &Outcome,
         latency: Duration,
         span: Option<&Span>,
+        slot: DeliverySlot,
     ) -> Disposition {
         let (status, status_class) = outcome.status_labels();
         let error = outcome.failure().map(Failure::describe);
@@ -604,7 +645,12 @@ impl Handler {
         }
         .emit();
         let decision = self.policy.decide(message.dequeue_count, outcome);
-        self.carry_out(decision, message, lease).await
+        if !matches!(decision, Decision::Poison(_)) {
+            // Only a poison copy needs the text again: a big body is not held while settling.
+            message.text = String::new();
+        }
+        let _settling = slot.settle().await;
+        self.carry_out(decision, &message, lease).await
     }
 
     /// The POST and how long it took, with the lease kept while it runs. `None` if

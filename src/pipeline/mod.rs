@@ -1,7 +1,9 @@
 //! The message pipeline: from the queue to the endpoint and back.
 //!
-//! - [`pump`]: the receive loop — bounded concurrency, idle backoff, the pause while the
-//!   endpoint is down, graceful drain.
+//! - [`pump`]: the receive loop — Gets overlapping when the queue has a backlog, idle
+//!   backoff, the pause while the endpoint is down, graceful drain.
+//! - [`capacity`]: the budgets — delivery slots (`MAX_IN_FLIGHT`, what the endpoint sees),
+//!   settling (Deletes and retry delays on their own budget) and receive credits (prefetch).
 //! - [`handler`]: one message's life — event, POST with lease renewal, then delete, retry
 //!   later or poison, every queue call bounded by the message's lease.
 //! - [`policy`]: the pure rules after an attempt — delete, retry (when), or poison.
@@ -20,6 +22,7 @@
 //! [`build`] gets both from the command that runs the pipeline.
 
 pub(crate) mod batch;
+pub(crate) mod capacity;
 pub(crate) mod endpoint;
 pub(crate) mod event;
 pub(crate) mod handler;

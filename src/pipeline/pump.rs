@@ -1,16 +1,23 @@
 //! The pump: receive messages, deliver them concurrently, delete what was delivered.
 //!
-//! One loop owns the queue's receive side. A [`Semaphore`] with `MAX_IN_FLIGHT` permits bounds
-//! the deliveries in progress; the loop waits until enough permits are free to make a Get
-//! Messages call worthwhile (half a batch, like the Functions host's `newBatchThreshold`), asks
-//! for as many messages as it has permits, and hands each message, with its permit, to a task.
-//! So a new batch is fetched as soon as capacity frees up, not when the slowest message of the
-//! previous batch is done, and a slow endpoint can never have more than `MAX_IN_FLIGHT`
-//! requests open.
+//! One loop owns the queue's receive side; the budgets it works with are in
+//! [`capacity`](crate::pipeline::capacity). A Get asks for as many messages as it holds receive
+//! credits, and each message becomes a task that waits for one of the `MAX_IN_FLIGHT` delivery
+//! slots, POSTs, gives the slot back, and only then settles (Delete, retry delay, poison) on
+//! its own budget: the endpoint never sees more than `MAX_IN_FLIGHT` requests, and a queue a
+//! round trip away no longer holds a slot through the Delete.
+//!
+//! A lone Get goes once half a batch of credits is free (like the Functions host's
+//! `newBatchThreshold`). While the queue has a backlog (the last Get came back full), further
+//! Gets may overlap it, each for a full batch, using the prefetch the capacity allows — about as
+//! many messages as were delivered during the last Get's round trip — so the next batch is on
+//! its way while the current one is delivered. That keeps throughput with the queue service
+//! and the endpoint, not the round trip, without more (or emptier) Gets per message.
 //!
 //! In batched mode (`CE_MODE=batched`) the messages of a receive are grouped by the handler
-//! and each batch goes to one task with one permit per message: `MAX_IN_FLIGHT` still counts
-//! messages, and a receive still asks for up to `BATCH_SIZE`.
+//! and each batch goes to one task that takes one slot per message for as long as its POSTs
+//! run (bisection included): `MAX_IN_FLIGHT` still counts messages, and a receive still asks
+//! for up to `BATCH_SIZE`. Each message of the batch then settles on its own.
 //!
 //! An empty queue makes the loop back off (randomized, doubling up to `POLL_MAX_INTERVAL`),
 //! because every Get is billed; a failing queue service makes it back off too, and the failure
@@ -30,9 +37,9 @@
 //!
 //! With `EXIT_WHEN_IDLE`, the loop asks for that same shutdown itself (through a clone of the
 //! signal's trigger, so there is one shutdown path) after an empty receive, once no message
-//! has been received for that long and no delivery is in flight: the drain is then empty and
-//! the process exits 0. Only a successful, empty receive counts: a failing queue or a paused
-//! endpoint never ends the run.
+//! has been received for that long and nothing is in the pipeline (no Get under way, nothing
+//! delivering or settling): the drain is then empty and the process exits 0. Only a
+//! successful, empty receive counts: a failing queue or a paused endpoint never ends the run.
 //!
 //! Worst case from the first signal to exit: [`RECEIVE_GRACE`] + `SHUTDOWN_TIMEOUT` +
 //! [`RELEASE_GRACE`] (a pod's `terminationGracePeriodSeconds` must cover that, plus the app's
@@ -40,6 +47,7 @@
 
 use crate::backoff::Backoff;
 use crate::config::Config;
+use crate::pipeline::capacity::{Capacity, Credits, Ticket};
 use crate::pipeline::handler::{Disposition, Handler, Work};
 use crate::queue::{Batch, Budget, Queue, QueueError, MAX_TRY};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
@@ -47,9 +55,7 @@ use crate::telemetry::events::{
     DrainFinished, EndpointDown, EndpointUp, IdleExit, InternalEvent, PumpHeartbeat, ReceiveFailed,
     ReceiveSucceeded, StopNowRequested,
 };
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 /// Backoff bounds while the queue service fails.
@@ -68,6 +74,8 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 pub(crate) const RELEASE_GRACE: Duration = Duration::from_secs(10);
 /// After a second signal, how long releasing the messages in flight may take.
 const STOP_NOW_GRACE: Duration = Duration::from_secs(3);
+/// At most this many Get Messages calls under way at once (more only into a backlog).
+const MAX_RECEIVES_IN_FLIGHT: usize = 4;
 /// Probe backoff while the endpoint is down.
 const PROBE_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -183,126 +191,89 @@ impl Pump {
     /// happened. `stop` is the trigger of `shutdown`: the loop pulls it itself when
     /// `EXIT_WHEN_IDLE` says the run is complete.
     pub(crate) async fn run(self, mut shutdown: Shutdown, stop: ShutdownTrigger) -> Summary {
-        let slots = Arc::new(Semaphore::new(self.settings.max_in_flight));
-        let mut tasks: JoinSet<Vec<Disposition>> = JoinSet::new();
-        let mut summary = Summary::default();
-        let mut idle = Backoff::new(self.settings.poll_min, self.settings.poll_max);
-        let mut failing = Backoff::new(FAILURE_BACKOFF_MIN, FAILURE_BACKOFF_MAX);
         let (hard_stop, hard_stop_listener) = shutdown::channel();
-        let mut last_received = Instant::now();
+        let mut flow = Flow {
+            capacity: Capacity::new(self.settings.max_in_flight),
+            tasks: JoinSet::new(),
+            summary: Summary::default(),
+            hard_stop: hard_stop_listener,
+        };
+        let mut receives: JoinSet<Received> = JoinSet::new();
+        let mut pace = Pace::new(&self.settings);
 
         'receive: loop {
             PumpHeartbeat.emit();
-            if self.handler.gate().is_down() && !self.wait_for_endpoint(&mut shutdown).await {
+            let gate = self.handler.gate();
+            if receives.is_empty() && gate.is_down() && !self.wait_for_endpoint(&mut shutdown).await
+            {
                 break 'receive;
             }
-            let mut permits = tokio::select! {
+            // A second Get while one is under way only into a backlog: a queue being emptied
+            // gets one Get at a time, as every Get is billed.
+            // Nor for big messages: each Get's response is held whole for a moment.
+            let may_receive = !gate.is_down()
+                && (receives.is_empty()
+                    || (pace.backlog
+                        && receives.len() < MAX_RECEIVES_IN_FLIGHT
+                        && !Capacity::big(pace.message_bytes)));
+            // A lone Get goes once half a batch is free; one beside it only for a full batch,
+            // so overlapping does not mean more, smaller Gets.
+            let get_size =
+                Capacity::get_size(self.settings.batch_size as usize, pace.message_bytes);
+            let min_batch = match receives.is_empty() {
+                true => self.settings.refill_threshold(),
+                false => self.settings.batch_size as usize,
+            };
+            let resting = tokio::time::Instant::now() < pace.resume_at;
+            tokio::select! {
                 biased;
                 _ = shutdown.wait() => break 'receive,
-                Some(done) = tasks.join_next() => {
-                    record(&mut summary, done);
-                    continue 'receive;
-                }
-                _ = tokio::time::sleep(HEARTBEAT) => continue 'receive,
-                permits = slots.clone().acquire_many_owned(self.settings.refill_threshold() as u32) => {
-                    match permits {
-                        Ok(permits) => permits,
-                        Err(_closed) => break 'receive,
+                Some(done) = flow.tasks.join_next() => record(&mut flow.summary, done),
+                Some(received) = receives.join_next() => {
+                    let Ok(received) = received else { continue 'receive };
+                    let empty = self.take(received, &mut pace, &mut flow, &shutdown);
+                    if empty && receives.is_empty() && self.run_is_complete(&pace, &flow) {
+                        IdleExit {
+                            idle_for: pace.last_received.elapsed(),
+                        }
+                        .emit();
+                        stop.trigger();
                     }
                 }
-            };
-            while permits.num_permits() < self.settings.batch_size as usize {
-                match slots.clone().try_acquire_owned() {
-                    Ok(more) => permits.merge(more),
-                    Err(_) => break,
-                }
-            }
-
-            let received = self
-                .receive(permits.num_permits() as u32, &mut shutdown)
-                .await;
-            let Batch {
-                mut messages,
-                leased_until,
-            } = match received {
-                Ok(batch) => batch,
-                Err(error) => {
-                    let delay = failing.next_delay();
-                    ReceiveFailed {
-                        failure: error.failure(),
-                        retry_in: delay,
+                _ = tokio::time::sleep_until(pace.resume_at), if resting => {}
+                _ = tokio::time::sleep(HEARTBEAT) => {}
+                credits = flow.capacity.credits(
+                    min_batch.min(get_size),
+                    get_size,
+                    pace.prefetch,
+                ), if may_receive && !resting => {
+                    if credits.count() > 0 {
+                        let finished_at_send = flow.capacity.finished();
+                        let receive = receive(
+                            self.queue.clone(),
+                            credits.count() as u32,
+                            self.settings.visibility_timeout,
+                            shutdown.clone(),
+                        );
+                        receives.spawn(async move {
+                            Received { result: receive.await, credits, finished_at_send }
+                        });
                     }
-                    .emit();
-                    drop(permits);
-                    sleep_or_shutdown(delay, &mut shutdown).await;
-                    continue 'receive;
                 }
-            };
-            failing.reset();
-            ReceiveSucceeded {
-                count: messages.len(),
-            }
-            .emit();
-
-            if messages.is_empty() {
-                drop(permits);
-                if self.run_is_complete(last_received, &slots) {
-                    IdleExit {
-                        idle_for: last_received.elapsed(),
-                    }
-                    .emit();
-                    stop.trigger();
-                    continue 'receive;
-                }
-                sleep_or_shutdown(idle.next_delay(), &mut shutdown).await;
-                continue 'receive;
-            }
-            idle.reset();
-            last_received = Instant::now();
-            summary.received += messages.len() as u64;
-            if shutdown.is_stop_now() {
-                // A receive that finished after "stop now": hand the messages back at once.
-                for message in messages {
-                    let handler = self.handler.clone();
-                    tasks.spawn(async move {
-                        vec![handler.release_unstarted(message, leased_until).await]
-                    });
-                }
-                break 'receive;
-            }
-            // Never more messages than permits were asked for; if the service sent more, the
-            // extra ones simply come back after their lease (and count as left).
-            messages.truncate(permits.num_permits());
-            if self.handler.batched() {
-                // A batch holds one slot per message: MAX_IN_FLIGHT counts messages in every
-                // mode.
-                for work in self.handler.batch_up(messages, leased_until) {
-                    let Some(permit) = permits.split(work.len()) else {
-                        break;
-                    };
-                    self.spawn_work(&mut tasks, work, permit, hard_stop_listener.clone());
-                }
-            } else {
-                for message in messages {
-                    let Some(permit) = permits.split(1) else {
-                        break;
-                    };
-                    self.spawn(
-                        &mut tasks,
-                        message,
-                        leased_until,
-                        permit,
-                        hard_stop_listener.clone(),
-                    );
-                }
-            }
-            if shutdown.is_requested() {
-                // The last receive finished after the signal: its messages are delivered in
-                // the drain like any other (they are leased and counted already).
-                break 'receive;
             }
         }
 
+        // Receives under way when the signal came finish (each within its grace): their
+        // messages are leased already, and are delivered in the drain like the others (or
+        // released at once after "stop now").
+        while let Some(received) = receives.join_next().await {
+            if let Ok(received) = received {
+                self.take(received, &mut pace, &mut flow, &shutdown);
+            }
+        }
+        let Flow {
+            tasks, mut summary, ..
+        } = flow;
         self.drain(tasks, hard_stop, &mut summary, &mut shutdown)
             .await;
         // Received but never given a disposition (cut off, abandoned, or more than asked
@@ -311,13 +282,103 @@ impl Pump {
         summary
     }
 
-    /// `EXIT_WHEN_IDLE`: no message received for that long, and every delivery slot free (a
-    /// task holds its slot until its message is deleted, retried, poisoned or released).
-    fn run_is_complete(&self, last_received: Instant, slots: &Semaphore) -> bool {
+    /// `EXIT_WHEN_IDLE`: no message received for that long, and nothing in the pipeline (a
+    /// message holds its credit, then its settling permit, until it is deleted, retried,
+    /// poisoned or released).
+    fn run_is_complete(&self, pace: &Pace, flow: &Flow) -> bool {
         self.settings
             .exit_when_idle
-            .is_some_and(|idle| last_received.elapsed() >= idle)
-            && slots.available_permits() == self.settings.max_in_flight
+            .is_some_and(|idle| pace.last_received.elapsed() >= idle)
+            && flow.capacity.is_idle()
+    }
+
+    /// Takes a Get's answer: its messages go to delivery tasks (each waits for a slot), and
+    /// the pace of the next Gets follows what it said. True if it succeeded and was empty.
+    fn take(
+        &self,
+        received: Received,
+        pace: &mut Pace,
+        flow: &mut Flow,
+        shutdown: &Shutdown,
+    ) -> bool {
+        let Received {
+            result,
+            mut credits,
+            finished_at_send,
+        } = received;
+        let Batch {
+            mut messages,
+            leased_until,
+        } = match result {
+            Ok(batch) => batch,
+            Err(error) => {
+                let delay = pace.failing.next_delay();
+                ReceiveFailed {
+                    failure: error.failure(),
+                    retry_in: delay,
+                }
+                .emit();
+                pace.rest(delay);
+                return false;
+            }
+        };
+        pace.failing.reset();
+        ReceiveSucceeded {
+            count: messages.len(),
+        }
+        .emit();
+        let text_bytes: usize = messages.iter().map(|m| m.text.len()).sum();
+        if !messages.is_empty() {
+            pace.message_bytes = text_bytes / messages.len();
+        }
+        pace.prefetch = flow.capacity.prefetch(
+            flow.capacity.finished().saturating_sub(finished_at_send),
+            pace.message_bytes,
+        );
+        pace.backlog = !messages.is_empty() && messages.len() >= credits.count();
+        if messages.is_empty() {
+            let delay = pace.idle.next_delay();
+            pace.rest(delay);
+            return true;
+        }
+        pace.idle.reset();
+        pace.last_received = Instant::now();
+        pace.resume_at = tokio::time::Instant::now();
+        flow.summary.received += messages.len() as u64;
+        if shutdown.is_stop_now() {
+            // A receive that finished after "stop now": hand the messages back at once.
+            for message in messages {
+                let handler = self.handler.clone();
+                flow.tasks.spawn(async move {
+                    vec![handler.release_unstarted(message, leased_until).await]
+                });
+            }
+            return false;
+        }
+        // Never more messages than credits were asked for; if the service sent more, the
+        // extra ones simply come back after their lease (and count as left).
+        messages.truncate(credits.count());
+        if self.handler.batched() {
+            // A batch holds one slot per message while its POSTs run, so never needs more
+            // than MAX_IN_FLIGHT.
+            for work in self
+                .handler
+                .batch_up(messages, leased_until, self.settings.max_in_flight)
+            {
+                let Some(ticket) = credits.take(work.sizes(), &flow.capacity) else {
+                    break;
+                };
+                self.spawn_work(flow, work, ticket);
+            }
+        } else {
+            for message in messages {
+                let Some(ticket) = credits.take(vec![message.text.len()], &flow.capacity) else {
+                    break;
+                };
+                self.spawn(flow, message, leased_until, ticket);
+            }
+        }
+        false
     }
 
     /// Waits up to `SHUTDOWN_TIMEOUT` for deliveries in progress (less if a second signal
@@ -403,64 +464,133 @@ impl Pump {
         }
     }
 
-    /// One Get Messages call (retried briefly by the queue layer). If shutdown arrives
-    /// meanwhile, the call is still given a moment to finish, since the service may already
-    /// have leased messages to it; a second signal ends that wait.
-    async fn receive(&self, count: u32, shutdown: &mut Shutdown) -> Result<Batch, QueueError> {
-        let call = self.queue.receive_within(
-            count,
-            self.settings.visibility_timeout,
-            Budget::retry_for(RECEIVE_RETRY_WINDOW, MAX_TRY),
-        );
-        tokio::pin!(call);
-        let abandoned = || Batch {
-            messages: Vec::new(),
-            leased_until: Instant::now(),
-        };
-        tokio::select! {
-            result = &mut call => result,
-            _ = shutdown.wait() => {
-                let mut stop_now = shutdown.clone();
-                tokio::select! {
-                    result = tokio::time::timeout(RECEIVE_GRACE, &mut call) => {
-                        result.unwrap_or_else(|_| Ok(abandoned()))
-                    }
-                    _ = stop_now.wait_stop_now() => Ok(abandoned()),
-                }
+    /// A delivery task: waits for a delivery slot, then handles the message. A hard stop
+    /// before a slot came releases the message instead.
+    fn spawn(
+        &self,
+        flow: &mut Flow,
+        message: crate::queue::ReceivedMessage,
+        leased_until: Instant,
+        ticket: Ticket,
+    ) {
+        let handler = self.handler.clone();
+        let hard_stop = flow.hard_stop.clone();
+        flow.tasks.spawn(async move {
+            let mut stopping = hard_stop.clone();
+            let slot = tokio::select! {
+                biased;
+                slot = ticket.delivery_slot() => slot,
+                _ = stopping.wait() => None,
+            };
+            vec![match slot {
+                Some(slot) => handler.handle(message, leased_until, hard_stop, slot).await,
+                None => handler.release_unstarted(message, leased_until).await,
+            }]
+        });
+    }
+
+    /// Batched mode: a task for one batch (or one message that needs no POST): it waits for a
+    /// slot per message, all at once. A hard stop before that releases the messages instead.
+    fn spawn_work(&self, flow: &mut Flow, work: Work, ticket: Ticket) {
+        let handler = self.handler.clone();
+        let hard_stop = flow.hard_stop.clone();
+        flow.tasks.spawn(async move {
+            let mut stopping = hard_stop.clone();
+            let slots = tokio::select! {
+                biased;
+                slots = ticket.delivery_slots() => slots,
+                _ = stopping.wait() => None,
+            };
+            match slots {
+                Some(slots) => handler.handle_work(work, hard_stop, slots).await,
+                None => handler.release_work(work).await,
             }
+        });
+    }
+}
+
+/// The delivery side of the loop: the budgets, the delivery tasks and their tally.
+struct Flow {
+    capacity: Capacity,
+    tasks: JoinSet<Vec<Disposition>>,
+    summary: Summary,
+    /// Fires when deliveries in progress must stop (the shutdown timeout passed).
+    hard_stop: Shutdown,
+}
+
+/// A Get's answer, with the credits it was sent with.
+struct Received {
+    result: Result<Batch, QueueError>,
+    credits: Credits,
+    /// Deliveries finished when the Get was sent (see [`Capacity::prefetch`]).
+    finished_at_send: u64,
+}
+
+/// When the next Get may go, and how much may be asked ahead.
+struct Pace {
+    idle: Backoff,
+    failing: Backoff,
+    /// No Get before this (an empty queue or a failing service backs off).
+    resume_at: tokio::time::Instant,
+    /// Credits usable beyond `MAX_IN_FLIGHT` (see [`Capacity::prefetch`]).
+    prefetch: usize,
+    /// The average text length of the last messages received (sizes the next Get).
+    message_bytes: usize,
+    /// The last Get came back full: the queue has more.
+    backlog: bool,
+    /// When a Get last brought messages (for `EXIT_WHEN_IDLE`).
+    last_received: Instant,
+}
+
+impl Pace {
+    fn new(settings: &PumpSettings) -> Self {
+        Self {
+            idle: Backoff::new(settings.poll_min, settings.poll_max),
+            failing: Backoff::new(FAILURE_BACKOFF_MIN, FAILURE_BACKOFF_MAX),
+            resume_at: tokio::time::Instant::now(),
+            prefetch: 0,
+            message_bytes: 0,
+            backlog: false,
+            last_received: Instant::now(),
         }
     }
 
-    fn spawn(
-        &self,
-        tasks: &mut JoinSet<Vec<Disposition>>,
-        message: crate::queue::ReceivedMessage,
-        leased_until: Instant,
-        permit: OwnedSemaphorePermit,
-        hard_stop: Shutdown,
-    ) {
-        let handler = self.handler.clone();
-        tasks.spawn(async move {
-            let disposition = handler.handle(message, leased_until, hard_stop).await;
-            drop(permit);
-            vec![disposition]
-        });
+    fn rest(&mut self, delay: Duration) {
+        self.resume_at = tokio::time::Instant::now() + delay;
+        self.backlog = false;
     }
+}
 
-    /// Batched mode: one batch (or one message that needs no POST) in a task of its own.
-    fn spawn_work(
-        &self,
-        tasks: &mut JoinSet<Vec<Disposition>>,
-        work: Work,
-        permit: OwnedSemaphorePermit,
-        hard_stop: Shutdown,
-    ) {
-        let handler = self.handler.clone();
-        tasks.spawn(async move {
-            let dispositions = handler.handle_work(work, hard_stop).await;
-            drop(permit);
-            dispositions
-        });
+/// One Get Messages call (retried briefly by the queue layer). If shutdown arrives meanwhile,
+/// the call is still given a moment to finish, since the service may already have leased
+/// messages to it; a second signal ends that wait.
+async fn receive(
+    queue: Queue,
+    count: u32,
+    visibility_timeout: Duration,
+    mut shutdown: Shutdown,
+) -> Result<Batch, QueueError> {
+    let call = queue.receive_within(
+        count,
+        visibility_timeout,
+        Budget::retry_for(RECEIVE_RETRY_WINDOW, MAX_TRY),
+    );
+    tokio::pin!(call);
+    let abandoned = || Batch {
+        messages: Vec::new(),
+        leased_until: Instant::now(),
+    };
+    tokio::select! {
+        result = &mut call => result,
+        _ = shutdown.wait() => {
+            let mut stop_now = shutdown.clone();
+            tokio::select! {
+                result = tokio::time::timeout(RECEIVE_GRACE, &mut call) => {
+                    result.unwrap_or_else(|_| Ok(abandoned()))
+                }
+                _ = stop_now.wait_stop_now() => Ok(abandoned()),
+            }
+        }
     }
 }
 

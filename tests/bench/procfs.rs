@@ -21,6 +21,9 @@ pub struct CpuSample {
     pub ticks: u64,
     /// The sys part of `ticks`.
     pub sys_ticks: u64,
+    /// Minor page faults, all threads ever (each one a page the kernel had to map: a freshly
+    /// mmapped or grown heap page on first touch).
+    pub minor_faults: u64,
     /// Run time of the live threads, in nanoseconds.
     pub sched_ns: u64,
     /// The live thread ids.
@@ -37,6 +40,8 @@ pub struct CpuDelta {
     pub sys_us: f64,
     /// From schedstat, in microseconds (ns resolution, live threads only).
     pub sched_us: f64,
+    /// Minor page faults.
+    pub minor_faults: u64,
     /// Whether the thread set was the same at both ends (schedstat is then trustworthy).
     pub same_threads: bool,
 }
@@ -67,7 +72,9 @@ impl CpuSample {
         // The command name may contain spaces and parentheses: fields start after the last ')'.
         let rest = &stat[stat.rfind(')')? + 2..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        // After ')': state is field 3 → index 0; utime is field 14 → index 11, stime 12.
+        // After ')': state is field 3 → index 0; minflt is field 10 → index 7; utime is
+        // field 14 → index 11, stime 12.
+        let minor_faults: u64 = fields.get(7)?.parse().ok()?;
         let utime: u64 = fields.get(11)?.parse().ok()?;
         let stime: u64 = fields.get(12)?.parse().ok()?;
         let mut sched_ns = 0;
@@ -96,6 +103,7 @@ impl CpuSample {
             at,
             ticks: utime + stime,
             sys_ticks: stime,
+            minor_faults,
             sched_ns,
             threads,
         })
@@ -108,6 +116,7 @@ impl CpuSample {
             sys_us: (self.sys_ticks.saturating_sub(earlier.sys_ticks)) as f64 * 1e6
                 / CLK_TCK as f64,
             sched_us: (self.sched_ns.saturating_sub(earlier.sched_ns)) as f64 / 1e3,
+            minor_faults: self.minor_faults.saturating_sub(earlier.minor_faults),
             same_threads: self.threads == earlier.threads,
         }
     }
