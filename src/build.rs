@@ -34,7 +34,10 @@ fn main() {
     };
     let script = out_dir.join("discard-unwind-tables.ld");
     if fs::write(&script, DISCARD_UNWIND_TABLES).is_err() {
-        println!("cargo:warning=could not write {}; unwind tables kept", script.display());
+        println!(
+            "cargo:warning=could not write {}; unwind tables kept",
+            script.display()
+        );
         return;
     }
     println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
