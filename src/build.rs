@@ -2,9 +2,9 @@
 //!
 //! The release profile aborts on panic, so nothing ever unwinds, yet the binary would carry
 //! `.eh_frame`, `.eh_frame_hdr` and `.gcc_except_table` (about 300 KB of 3 MB on x86_64 musl):
-//! the standard library is shipped precompiled with unwind tables, and with LTO its functions
-//! keep them (`-C force-unwind-tables=no` covers only the crates we compile; `-Z build-std`,
-//! which would rebuild std without them, is nightly-only). A linker script discards the three
+//! the standard library is shipped precompiled with unwind tables (`-C force-unwind-tables=no`
+//! covers only the crates we compile and left the binary unchanged; `-Z build-std`, which would
+//! rebuild std without them, is nightly-only). A linker script discards the three
 //! sections at link time instead. Only for the release binaries on Linux with LLD-style
 //! linkers, i.e. the static musl build `cargo zigbuild` makes (what the image ships): debug and
 //! test builds unwind (tokio's task panics, test harness) and keep their tables.
