@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # azure-queue-sidecar as a FROM scratch image: one static musl binary, a CA bundle, nothing
-# else (under 4 MiB unpacked; tests/image.sh fails above that).
+# else (under 3 MiB unpacked; tests/image.sh fails above that).
 #
 #   docker buildx build --platform linux/amd64,linux/arm64 -t azure-queue-sidecar:dev .
 #

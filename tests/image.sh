@@ -6,7 +6,7 @@
 #      (cargo zigbuild --release --locked), checks it is statically linked, prints its size;
 #   3. builds the image's final stage from the real Dockerfile with buildah, a prebuilt
 #      directory standing in for the `builder` stage (--build-context builder=DIR), prints its
-#      size and fails above the 4 MiB budget; checks its files, user, entrypoint and labels;
+#      size and fails above the 3 MiB budget; checks its files, user, entrypoint and labels;
 #   4. unpacks it with umoci and runs it with `chroot --userspec=65532:65532` against a real
 #      Azurite and a real HTTP endpoint on loopback (tests/image.rs): messages are delivered
 #      and deleted, with nothing from the host;
@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BUDGET=$((4 * 1024 * 1024))
+BUDGET=$((3 * 1024 * 1024))
 NAME=azure-queue-sidecar
 WORK=target/image
 

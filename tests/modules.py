@@ -174,6 +174,8 @@ class Crate:
         self.files = {}
         test_only = set()
         for path in sorted(SRC.rglob("*.rs")):
+            if path == SRC / "build.rs":
+                continue  # the build script (Cargo.toml `build`), not a module of the crate
             name, code = module_name(path), strip(path.read_text())
             # `#[cfg(test)] mod tests;`: the child file is test code, left out like the rest.
             for child in re.findall(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;", code):

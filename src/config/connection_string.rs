@@ -34,7 +34,7 @@ const DEFAULT_ENDPOINT_SUFFIX: &str = "core.windows.net";
 #[error("the account key is not valid base64; expected the key as shown under Access keys in the portal")]
 pub struct InvalidAccountKey;
 
-/// Checks that an account key decodes as base64, as `hmac_sha256` will need it to, so that a
+/// Checks that an account key decodes as base64, as Shared Key signing needs it to, so that a
 /// mistyped key fails at startup rather than on every request.
 ///
 /// # Errors
