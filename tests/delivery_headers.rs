@@ -377,6 +377,20 @@ mod trace_context {
         (parts[1].into(), parts[2].into(), parts[3].into())
     }
 
+    /// The producer's span and trace state in the passed-through events below.
+    const PRODUCER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const TRACESTATE: &str = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+
+    /// A CloudEvent, as a producer puts it in the queue, carrying `traceparent` and TRACESTATE.
+    fn traced_event(id: &str, traceparent: &str) -> String {
+        serde_json::json!({
+            "specversion": "1.0", "id": id, "source": "/orders", "type": "order.created",
+            "traceparent": traceparent, "tracestate": TRACESTATE,
+            "data": {"n": 1}
+        })
+        .to_string()
+    }
+
     fn trace_id_of_uuid(id: &str) -> String {
         id.replace('-', "").to_ascii_lowercase()
     }
@@ -437,15 +451,7 @@ mod trace_context {
         let azurite = Azurite::start().await;
         let queue = azurite.create_queue("continued").await;
         let endpoint = Endpoint::ok().await;
-        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let event = |id: &str, traceparent: &str| {
-            serde_json::json!({
-                "specversion": "1.0", "id": id, "source": "/orders", "type": "order.created",
-                "traceparent": traceparent, "tracestate": "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
-                "data": {"n": 1}
-            })
-            .to_string()
-        };
+        let (parent, event) = (PRODUCER, traced_event);
         queue
             .send(&event("valid", parent), None, None)
             .await
@@ -504,15 +510,7 @@ mod trace_context {
         let azurite = Azurite::start().await;
         let queue = azurite.create_queue("traced-batches").await;
         let endpoint = Endpoint::ok().await;
-        let producer = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let event = |id: &str, traceparent: &str| {
-            serde_json::json!({
-                "specversion": "1.0", "id": id, "source": "/orders", "type": "order.created",
-                "traceparent": traceparent, "tracestate": "congo=t61rcWkgMzE",
-                "data": {"n": 1}
-            })
-            .to_string()
-        };
+        let (producer, event) = (PRODUCER, traced_event);
         let mut plain_ids = Vec::new();
         for text in ["first", "second"] {
             plain_ids.push(queue.send(text, None, None).await.expect("send"));
@@ -567,7 +565,7 @@ mod trace_context {
 
         let valid = by_id("valid");
         assert_eq!(valid["traceparent"], producer, "the producer's, unchanged");
-        assert_eq!(valid["tracestate"], "congo=t61rcWkgMzE");
+        assert_eq!(valid["tracestate"], TRACESTATE);
 
         let malformed = by_id("malformed");
         let (trace, _, _) = parse(malformed["traceparent"].as_str().expect("traceparent"));

@@ -432,9 +432,9 @@ fn managed_identity(
 mod tests {
     use super::*;
     use crate::config::ops::LogFormat;
+    use crate::config::test_env::{base, lookup};
     use crate::config::variables::DEFAULT_CE_TYPE;
     use crate::config::{Config, ContentMode, VARIABLES};
-    use std::collections::HashMap;
     use std::time::Duration;
 
     const DEV_KEY: &str =
@@ -464,27 +464,7 @@ mod tests {
     }
 
     fn config(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        settings(move |name| map.get(name).cloned())
-    }
-
-    fn base<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-        let mut vars = vec![
-            ("QUEUE_NAME", "orders"),
-            ("ENDPOINT_URL", "http://127.0.0.1:8080/events"),
-            (
-                "AZURE_STORAGE_CONNECTION_STRING",
-                "UseDevelopmentStorage=true",
-            ),
-        ];
-        for (k, v) in extra {
-            vars.retain(|(name, _)| name != k);
-            vars.push((k, v));
-        }
-        vars
+        settings(lookup(vars))
     }
 
     fn error_variable(vars: &[(&str, &str)]) -> &'static str {
@@ -705,14 +685,6 @@ mod tests {
         mode: Option<AuthMode>,
     ) -> Result<Identity, ConfigError> {
         identity(&IdentityVariables::from_lookup(lookup), mode)
-    }
-
-    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |name| map.get(name).cloned()
     }
 
     fn token_file(content: &str) -> PathBuf {

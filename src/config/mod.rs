@@ -349,20 +349,22 @@ fn endpoint_url(env: &Env) -> Result<Url, ConfigError> {
     }
 }
 
+/// Environments for the unit tests of what reads the configuration (here and in `auth`).
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_env {
     use std::collections::HashMap;
 
-    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    /// A lookup that answers from `vars`, as the process environment would.
+    pub(crate) fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + 'static {
         let map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Config::from_lookup(move |name| map.get(name).cloned())
+        move |name| map.get(name).cloned()
     }
 
-    fn base<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    /// The smallest valid environment, with `extra` added (or replacing what it names).
+    pub(crate) fn base<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         let mut vars = vec![
             ("QUEUE_NAME", "orders"),
             ("ENDPOINT_URL", "http://127.0.0.1:8080/events"),
@@ -376,6 +378,16 @@ mod tests {
             vars.push((k, v));
         }
         vars
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_env::{base, lookup};
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_lookup(lookup(vars))
     }
 
     fn error_variable(vars: &[(&str, &str)]) -> &'static str {
