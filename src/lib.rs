@@ -25,7 +25,9 @@
 //!    into a CloudEvent and HTTP request parts; [`pipeline::poison`] is the poison queue;
 //!    [`pipeline::batch`] holds batched mode's rules (which messages share a POST, the
 //!    bisection of a rejected batch); [`pipeline::trace`] is W3C trace context (a trace per
-//!    message, a span per attempt).
+//!    message, a span per attempt); [`pipeline::capacity`] is the pump's budgets (delivery
+//!    slots held only while a POST runs, the settling budget for deletes, retries and poison
+//!    writes, receive credits for prefetch, the bytes of big messages).
 //! 3. [`admin`] serves `/healthz`, `/readyz` and `/metrics` from telemetry's state;
 //!    [`queue_length`] polls the approximate message count and the oldest message's age for
 //!    the backlog gauges.
