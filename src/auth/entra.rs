@@ -334,10 +334,11 @@ impl TokenCredential for ObservedCredential {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn token_file(content: &str) -> PathBuf {
+    /// A fresh token file holding `content` (for the unit tests here and in `select`).
+    pub(crate) fn token_file(content: &str) -> PathBuf {
         let path = std::env::temp_dir().join(format!(
             "entra-unit-{}-{}",
             std::process::id(),

@@ -431,6 +431,7 @@ fn managed_identity(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::entra::tests::token_file;
     use crate::config::ops::LogFormat;
     use crate::config::test_env::{base, lookup};
     use crate::config::variables::DEFAULT_CE_TYPE;
@@ -685,16 +686,6 @@ mod tests {
         mode: Option<AuthMode>,
     ) -> Result<Identity, ConfigError> {
         identity(&IdentityVariables::from_lookup(lookup), mode)
-    }
-
-    fn token_file(content: &str) -> PathBuf {
-        let path = std::env::temp_dir().join(format!(
-            "entra-unit-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::write(&path, content).expect("write token file");
-        path
     }
 
     #[test]
