@@ -33,6 +33,17 @@ const QUEUE_POOL_IDLE: Duration = Duration::from_secs(50);
 const ENDPOINT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const ENDPOINT_POOL_IDLE: Duration = Duration::from_secs(30);
 
+/// reqwest's own retry layer, switched off.
+///
+/// Why: the default policy retries only HTTP/2 and HTTP/3 protocol refusals, which never happen
+/// on our HTTP/1.1-only stack, yet it clones every request (its header map and extensions)
+/// before sending it, in case it needs a retry; even `retry::never()` clones unless its
+/// retries-per-request are 0. Our retries are the queue layer's and the delivery policy's.
+/// Dropping the clone saved 4.3 k instructions per 200-byte message (callgrind, `tests/bench`).
+fn no_retries() -> reqwest::retry::Builder {
+    reqwest::retry::never().max_retries_per_request(0)
+}
+
 /// Installs the process-wide TLS crypto provider (ring). Idempotent; every client needs it.
 pub fn install_crypto_provider() {
     // Fails only if a provider is installed already, which is what we want anyway.
@@ -79,7 +90,8 @@ pub(crate) fn queue_client(tls: bool) -> reqwest::Result<reqwest::Client> {
         .connect_timeout(QUEUE_CONNECT_TIMEOUT)
         .timeout(QUEUE_REQUEST_TIMEOUT)
         .pool_idle_timeout(QUEUE_POOL_IDLE)
-        .redirect(reqwest::redirect::Policy::none());
+        .redirect(reqwest::redirect::Policy::none())
+        .retry(no_retries());
     match tls {
         true => builder.build(),
         false => builder.tls_certs_only(std::iter::empty()).build(),
@@ -96,6 +108,7 @@ fn endpoint_client(endpoint: &EndpointConfig) -> reqwest::Result<reqwest::Client
     builder
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
+        .retry(no_retries())
         .connect_timeout(endpoint.timeout.min(ENDPOINT_CONNECT_TIMEOUT))
         .pool_idle_timeout(ENDPOINT_POOL_IDLE)
         .build()

@@ -22,6 +22,7 @@
 //! SAS tokens travel in URLs. Every try's latency is reported for the queue-call histogram.
 
 mod error;
+mod received;
 mod retry;
 
 pub use error::QueueError;
@@ -357,29 +358,9 @@ impl Queue {
         )
         .await
         .map_err(|e| QueueError::from_sdk(Operation::Receive, e))?;
-        let list = response
-            .into_model()
-            .map_err(|e| QueueError::from_sdk(Operation::Receive, e))?;
-        list.items
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| {
-                let (Some(id), Some(pop_receipt)) = (m.message_id, m.pop_receipt) else {
-                    return Err(QueueError::invalid_response(
-                        Operation::Receive,
-                        "a received message has no id or pop receipt",
-                    ));
-                };
-                Ok(ReceivedMessage {
-                    id,
-                    pop_receipt,
-                    text: m.message_text.unwrap_or_default(),
-                    dequeue_count: m.dequeue_count.unwrap_or(1).clamp(0, u32::MAX as i64) as u32,
-                    insertion_time: m.insertion_time,
-                    expiration_time: m.expiration_time,
-                })
-            })
-            .collect()
+        // Decoded here rather than with the SDK's model: see `received` for why.
+        received::decode(&response.into_body())
+            .map_err(|detail| QueueError::invalid_response(Operation::Receive, detail))
     }
 
     /// Delete Message with the message's latest pop receipt, one try.
