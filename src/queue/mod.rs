@@ -25,6 +25,8 @@ mod error;
 mod received;
 mod retry;
 
+pub use received::ReceivedMessage;
+
 pub use error::QueueError;
 pub(crate) use error::{Operation, QueueErrorKind};
 pub(crate) use retry::{Budget, MAX_TRY};
@@ -79,37 +81,6 @@ impl fmt::Debug for Leased {
 pub(crate) struct Batch {
     pub messages: Vec<ReceivedMessage>,
     pub leased_until: Instant,
-}
-
-/// A message received under a lease (its visibility timeout).
-#[derive(Clone, PartialEq, Eq)]
-pub struct ReceivedMessage {
-    /// The service-assigned id: stable across redeliveries.
-    pub id: String,
-    /// Proof of the current lease; needed to delete or update the message. Replaced by every
-    /// Update Message. Never logged or forwarded.
-    pub pop_receipt: String,
-    /// The message text exactly as stored.
-    pub text: String,
-    /// How many times the message has been received, this time included.
-    pub dequeue_count: u32,
-    /// When the message was enqueued.
-    pub insertion_time: Option<OffsetDateTime>,
-    /// When the message expires from the queue.
-    pub expiration_time: Option<OffsetDateTime>,
-}
-
-impl fmt::Debug for ReceivedMessage {
-    /// The pop receipt is a bearer token for the message: keep it out of debug output.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReceivedMessage")
-            .field("id", &self.id)
-            .field("dequeue_count", &self.dequeue_count)
-            .field("insertion_time", &self.insertion_time)
-            .field("expiration_time", &self.expiration_time)
-            .field("text_len", &self.text.len())
-            .finish_non_exhaustive()
-    }
 }
 
 /// The most messages one Get Messages or Peek Messages call returns (the service's limit).

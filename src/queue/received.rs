@@ -1,4 +1,5 @@
-//! Get Messages answers, decoded straight from their XML into [`ReceivedMessage`]s.
+//! A message received under a lease ([`ReceivedMessage`]), and how a Get Messages answer's XML
+//! becomes one.
 //!
 //! Why not the SDK's model (`ReceivedMessages` through serde and quick-xml's
 //! deserializer): that path cost ~38 k instructions per received message, 11 % of everything
@@ -16,12 +17,43 @@
 //! insertion and expiry times only feed the age metric and the `expirytime` extension, and a
 //! message is not worth leaving stuck in the queue over them.
 
-use super::ReceivedMessage;
 use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::{BytesRef, Event};
 use quick_xml::Reader;
+use std::fmt;
 use std::mem;
 use time::OffsetDateTime;
+
+/// A message received under a lease (its visibility timeout).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    /// The service-assigned id: stable across redeliveries.
+    pub id: String,
+    /// Proof of the current lease; needed to delete or update the message. Replaced by every
+    /// Update Message. Never logged or forwarded.
+    pub pop_receipt: String,
+    /// The message text exactly as stored.
+    pub text: String,
+    /// How many times the message has been received, this time included.
+    pub dequeue_count: u32,
+    /// When the message was enqueued.
+    pub insertion_time: Option<OffsetDateTime>,
+    /// When the message expires from the queue.
+    pub expiration_time: Option<OffsetDateTime>,
+}
+
+impl fmt::Debug for ReceivedMessage {
+    /// The pop receipt is a bearer token for the message: keep it out of debug output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReceivedMessage")
+            .field("id", &self.id)
+            .field("dequeue_count", &self.dequeue_count)
+            .field("insertion_time", &self.insertion_time)
+            .field("expiration_time", &self.expiration_time)
+            .field("text_len", &self.text.len())
+            .finish_non_exhaustive()
+    }
+}
 
 /// The members of `<QueueMessage>` we read; anything else is skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
