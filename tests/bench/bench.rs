@@ -64,9 +64,14 @@ const MUSL_BINARY: &str = "target/x86_64-unknown-linux-musl/release/azure-queue-
 const ARM64_BINARY: &str = "target/aarch64-unknown-linux-musl/release/azure-queue-sidecar";
 /// The CA bundle the image carries (the Dockerfile copies the builder's Debian bundle).
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-/// Get Messages calls per delivered message before issue 17 (commit d36d702, this driver,
-/// 200 B messages, depth 200, defaults): the pipeline work must not raise it.
-const GETS_PER_MESSAGE_BEFORE: f64 = 0.1;
+/// Get Messages calls per delivered message before issue 17: the pipeline work must not raise
+/// it. The old design sent a Get whenever half a batch (16) of slots was free, so 1/16; the
+/// pre-issue binary (4a2215b) measured 0.063 / 0.062 / 0.062 at 10 / 20 / 50 ms beside this
+/// driver. Read at queue round trips above 0 ms only: at 0 ms Azurite (single-threaded, at
+/// 100 % of a core) cannot take the feeder's Puts as fast as the sidecar empties the queue, so
+/// the queue runs shallow and Gets come back part-empty whatever the consumer does (the
+/// pre-issue binary: 0.081 there, at lower throughput).
+const GETS_PER_MESSAGE_BEFORE: f64 = 1.0 / 16.0;
 
 /// Tunables (environment, for quicker trial runs): seconds of warm-up and of measurement.
 struct Plan {
@@ -1402,6 +1407,7 @@ impl Bench {
             .as_array()
             .map(|runs| {
                 runs.iter()
+                    .filter(|run| f(&run["rtt_ms"]) > 0.0)
                     .map(|run| f(&run["gets_per_msg"]))
                     .fold(f64::NAN, f64::max)
             })
@@ -1482,7 +1488,7 @@ impl Bench {
         );
         line(
             "gets_per_msg",
-            "Get calls per message, worst RTT".into(),
+            "Get calls per message, worst RTT > 0 ms".into(),
             format!("{gets_worst:.3}"),
             &format!("≤ {GETS_PER_MESSAGE_BEFORE:.3}"),
             checked(gets_worst, gets_worst <= GETS_PER_MESSAGE_BEFORE),
