@@ -464,3 +464,63 @@ fn header_values_are_percent_encoded() {
         Some("/queues/caf%C3%A9%20orders")
     );
 }
+
+/// The byte-at-a-time depth scan `text::json_depth` replaced: the oracle it must agree with.
+fn json_depth_byte_by_byte(text: &str) -> Option<usize> {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.checked_sub(1)?,
+            _ => {}
+        }
+    }
+    Some(deepest)
+}
+
+#[test]
+fn the_depth_scan_handles_escapes_at_the_very_end() {
+    use super::text::json_depth;
+    for text in [
+        "\"\\",
+        "\"\\\"",
+        "[\"\\\\\"]",
+        "{\"a\":\"\\\"]\"}",
+        "[[\"",
+        "\"]",
+        "]",
+    ] {
+        assert_eq!(json_depth(text), json_depth_byte_by_byte(text), "{text:?}");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn the_depth_scan_agrees_with_a_byte_by_byte_scan(
+        text in "[\\[\\]{}\"\\\\ax:,é]{0,64}",
+    ) {
+        proptest::prop_assert_eq!(super::text::json_depth(&text), json_depth_byte_by_byte(&text));
+    }
+
+    #[test]
+    fn the_substring_search_agrees_with_comparing_every_window(
+        haystack in proptest::collection::vec(proptest::sample::select(b"\"specvrion".to_vec()), 0..48),
+        needle in proptest::sample::select(vec![&b"\"specversion\""[..], b"\"eventType\"", b"s", b"\"s"]),
+    ) {
+        let slow = haystack.windows(needle.len()).any(|window| window == needle);
+        proptest::prop_assert_eq!(super::text::contains(&haystack, needle), slow);
+    }
+}

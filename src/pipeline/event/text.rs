@@ -31,21 +31,28 @@ pub fn is_json(text: &str) -> bool {
 }
 
 /// The deepest nesting of arrays and objects in `text`, strings skipped; `None` if brackets
-/// are unbalanced. A cheap scan ahead of the validating parse.
+/// are unbalanced. A cheap scan ahead of the validating parse: inside a string it jumps from
+/// one `"` or `\\` to the next (`memchr2`), because a big message is mostly string content, and
+/// a byte-at-a-time scan of a 64 KiB message was a fifth of the sidecar's CPU (perf,
+/// `tests/bench`).
 pub(super) fn json_depth(text: &str) -> Option<usize> {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for byte in text.bytes() {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let bytes = text.as_bytes();
+    let (mut depth, mut deepest, mut at) = (0usize, 0usize, 0usize);
+    while let Some(&byte) = bytes.get(at) {
+        at += 1;
         match byte {
-            b'"' => in_string = true,
+            b'"' => loop {
+                // An unterminated string runs to the end, as it does for the parser.
+                let rest = bytes.get(at..).unwrap_or_default();
+                let Some(found) = memchr::memchr2(b'"', b'\\', rest) else {
+                    return Some(deepest);
+                };
+                at += found + 1;
+                match bytes[at - 1] {
+                    b'\\' => at += 1, // the escaped byte, whatever it is
+                    _ => break,       // the closing quote
+                }
+            },
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -103,10 +110,11 @@ pub(super) fn utc_rfc3339(time: OffsetDateTime) -> Option<String> {
     time.to_offset(UtcOffset::UTC).format(&Rfc3339).ok()
 }
 
+/// Whether `needle` occurs in `haystack`.
 pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
+    // memchr's substring search: a 64 KiB message is scanned for two names, and comparing
+    // every window (`windows(n).any(..)`) cost a seventh of the sidecar's CPU (perf).
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// `value` as a JSON string (RFC 8259 escapes: `"`, `\` and control characters).
