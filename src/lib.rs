@@ -33,7 +33,7 @@
 //!    the backlog gauges.
 //! 4. [`queue`]: the queue operations we use, failures classified into what the loop can act
 //!    on, and the one retry layer of every queue call (explicit time budgets; the SDK's own
-//!    retries are off).
+//!    retries are off); Get Messages answers are decoded by its own pull parser.
 //! 5. [`auth`]: how queue requests are authorized — [`auth::select`] chooses the credential
 //!    from the configuration; Shared Key and SAS are `azure_core` per-try policies,
 //!    [`auth::entra`] gets Microsoft Entra ID tokens from a workload or managed identity;
