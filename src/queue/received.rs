@@ -279,6 +279,19 @@ mod tests {
         );
     }
 
+    /// Azure Storage starts its XML answers with a UTF-8 byte order mark (Azurite does not);
+    /// the SDK strips it, and so must we.
+    #[test]
+    fn an_answer_with_a_byte_order_mark_decodes_the_same() {
+        let xml = answer(&["with a BOM", "&lt;"]);
+        let with_bom = [&[0xEF, 0xBB, 0xBF][..], xml.as_bytes()].concat();
+        let expected = sdk_decode(&xml);
+        assert_eq!(decode(&with_bom).expect("decodes"), expected);
+        let sdk_with_bom: ReceivedMessages =
+            azure_core::xml::from_xml(&with_bom).expect("the SDK reads it");
+        assert_eq!(sdk_with_bom.items.map(|items| items.len()), Some(2));
+    }
+
     #[test]
     fn an_empty_answer_and_empty_members() {
         let empty = r#"<?xml version="1.0" encoding="UTF-8"?><QueueMessagesList />"#;
