@@ -13,19 +13,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Waits until the queue reports no messages at all (visible or leased).
-async fn assert_queue_empties(queue: &Queue) {
-    let mut count = u64::MAX;
-    for _ in 0..400 {
-        count = queue.approximate_message_count().await.expect("properties");
-        if count == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("queue still holds {count} messages");
-}
-
 /// The entries of a batched request, each as its raw JSON text. Panics unless the request is
 /// a batch and the official SDK reads every entry as a CloudEvent.
 fn entries(request: &Received) -> Vec<String> {
@@ -331,15 +318,10 @@ async fn a_batch_with_one_rejected_message_ends_with_only_that_one_poisoned() {
 }
 
 async fn assert_queue_empties_within(queue: &Queue, sidecar: &Sidecar) {
-    let mut count = u64::MAX;
-    for _ in 0..600 {
-        count = queue.approximate_message_count().await.expect("properties");
-        if count == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
+    let count = queue_count_within(queue, 0, Duration::from_secs(30)).await;
+    assert_eq!(
+        count,
+        0,
         "queue still holds {count} messages: {}",
         sidecar.output.text()
     );

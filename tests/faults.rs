@@ -16,18 +16,11 @@ use support::*;
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn wait_count(queue: &Queue, expected: u64, timeout: Duration) {
-    let mut count;
-    let ok = {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            count = queue.approximate_message_count().await.expect("count");
-            if count == expected || std::time::Instant::now() > deadline {
-                break count == expected;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    assert!(ok, "queue holds {count} messages, expected {expected}");
+    let count = queue_count_within(queue, expected, timeout).await;
+    assert!(
+        count == expected,
+        "queue holds {count} messages, expected {expected}"
+    );
 }
 
 async fn send_all(queue: &Queue, texts: &[String]) -> BTreeSet<String> {

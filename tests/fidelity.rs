@@ -11,19 +11,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Waits until the queue holds no messages at all (visible or leased).
-async fn assert_queue_empties(queue: &Queue) {
-    let mut count = u64::MAX;
-    for _ in 0..400 {
-        count = queue.approximate_message_count().await.expect("properties");
-        if count == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("queue still holds {count} messages");
-}
-
 /// Sends every text and returns the queue message id of each, by text.
 async fn send_all(queue: &Queue, texts: &[&str]) -> HashMap<String, String> {
     let mut ids = HashMap::new();

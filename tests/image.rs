@@ -21,7 +21,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{Azurite, Endpoint};
+use support::{queue_count_within, Azurite, Endpoint};
 
 /// Messages sent through the sidecar: enough to keep MAX_IN_FLIGHT (32) busy for a while.
 const MESSAGES: usize = 100;
@@ -250,14 +250,7 @@ async fn the_image_alone_delivers_and_deletes_messages() {
     bodies.sort();
     assert_eq!(received, bodies, "every message arrived, byte for byte");
 
-    let mut left = u64::MAX;
-    for _ in 0..200 {
-        left = queue.approximate_message_count().await.expect("properties");
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let left = queue_count_within(&queue, 0, Duration::from_secs(10)).await;
     assert_eq!(left, 0, "every delivered message was deleted");
 
     let status = Command::new("kill")

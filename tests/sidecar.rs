@@ -10,19 +10,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Waits until the queue reports no messages at all (visible or leased).
-async fn assert_queue_empties(queue: &azure_queue_sidecar::testing::Queue) {
-    let mut count = u64::MAX;
-    for _ in 0..200 {
-        count = queue.approximate_message_count().await.expect("properties");
-        if count == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("queue still holds {count} messages");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_every_kind_of_message_in_binary_mode_and_deletes_it() {
     let azurite = Azurite::start().await;

@@ -258,6 +258,25 @@ fn service_sas(queue: &str, permissions: &str) -> String {
     query.finish()
 }
 
+/// Polls the queue's approximate message count (visible and leased) until it is `expected` or
+/// `timeout` has passed; returns the last count.
+pub async fn queue_count_within(queue: &Queue, expected: u64, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let count = queue.approximate_message_count().await.expect("count");
+        if count == expected || Instant::now() > deadline {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the queue reports no messages at all (visible or leased).
+pub async fn assert_queue_empties(queue: &Queue) {
+    let count = queue_count_within(queue, 0, Duration::from_secs(20)).await;
+    assert_eq!(count, 0, "queue still holds {count} messages");
+}
+
 /// Reads every message currently in the queue (peek-free: receives with a short lease).
 pub async fn drain_texts(queue: &Queue) -> Vec<String> {
     let mut texts = Vec::new();
